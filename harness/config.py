@@ -1,0 +1,292 @@
+"""Typed experiment configuration: one YAML file -> frozen, validated objects.
+
+Every default lives here. Loose input (YAML, ``--set dotted.key=value``) is turned
+into a :class:`Config` once, at the edge; everything below takes typed objects.
+Unknown keys and bad values fail before anything runs, naming the key and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into a valid Config."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    arch: str = "tiny-vit-32"
+    """An open_clip model name (built-in, e.g. ViT-B-16, or one of harness/model_configs)."""
+    pretrained: str | None = "synthetic"
+    """None: random init; "synthetic": the cached pretraining on the synthetic corpus;
+    a path to a local checkpoint; or an open_clip tag (e.g. "openai") found in the local cache."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class PretrainConfig(_Section):
+    """Pretraining of the tiny model on the synthetic captioned corpus (the stand-in for CLIP's web data)."""
+
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "shards"] = "synthetic"
+    """synthetic: the embedded world, generated (and cached) under root; shards: datasets already in root."""
+    root: str | None = None
+    """Directory holding one sub-directory (shards + manifest.json) per dataset.
+    None: the synthetic world's cache, $HARNESS_CACHE/synthetic (default ~/.cache/harness)."""
+    train: str = "id_train"
+    id_val: str = "id_val"
+    ood_val: str = "ood_val"
+    id_test: str = "id_test"
+    ood_test: tuple[str, ...] = ("near_ood", "far_ood")
+    batch_size: int = Field(128, ge=2)
+    """Per worker."""
+    shuffle_buffer: int = Field(1000, ge=0)
+    loader_workers: int = Field(0, ge=0)
+    """torch DataLoader processes per training worker (0: decode in the training process)."""
+
+
+class LossConfig(_Section):
+    name: Literal["cma", "clip"] = "cma"
+    lam: float = Field(0.0, ge=0)
+    """CMA weight; 0 is FLYP (the symmetric CLIP contrastive loss)."""
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    eps: float = Field(1e-6, gt=0)
+
+
+class ScheduleConfig(_Section):
+    epochs: int = Field(2, ge=0)
+    """0 evaluates the starting weights (the zero-shot baseline)."""
+    warmup_steps: int = Field(20, ge=0)
+    """Linear warm-up, then cosine decay to 0, stepped per iteration."""
+
+
+class EvalConfig(_Section):
+    train_prompt: str = "a photo of a {}"
+    eval_prompt: str = "a photo of a {}"
+    noun_prompt: str = "The nice {}"
+    adjective_prompt: str = "This is a {} photo"
+    negatives: str = "negatives.tsv"
+    """Candidate negative labels ("noun<TAB>word" / "adj<TAB>word"), relative to data.root or absolute."""
+    neg_percentile: float = Field(95.0, ge=0, le=100)
+    neg_ratio: float = Field(0.15, gt=0, le=1)
+    """NegMining keeps this share of the least ID-like nouns and of adjectives."""
+    neg_groups: int = Field(1, ge=1)
+    neg_temperature: float = Field(0.01, gt=0)
+    mcm_temperature: float = Field(1.0, gt=0)
+    scores: tuple[str, ...] = ("mcm", "neglabel", "msp", "energy", "max_logit")
+    selection_score: str = "neglabel"
+    """Score whose OoD-validation AUROC enters the selection objective."""
+    batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _selection_in_scores(self) -> "EvalConfig":
+        if self.selection_score not in self.scores:
+            raise ValueError(f"selection_score {self.selection_score!r} must be one of scores {list(self.scores)}")
+        for key in ("train_prompt", "eval_prompt", "noun_prompt", "adjective_prompt"):
+            if getattr(self, key).count("{}") != 1:
+                raise ValueError(f"{key} must contain exactly one '{{}}' placeholder")
+        return self
+
+
+class TrackingConfig(_Section):
+    mlflow_uri: str | None = None
+    """None: a SQLite store inside the output directory."""
+    experiment: str = "harness"
+
+
+class ResourcesConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    """Data-parallel Ray Train workers per run."""
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """None: as many as the cluster's CPUs allow."""
+
+
+class ParamSpace(_Section):
+    """One searched parameter: exactly one of grid / choice / uniform / loguniform."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ParamSpace":
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {given or 'none'})")
+        return self
+
+
+class SearchConfig(_Section):
+    algorithm: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, ge=1)
+    """Random: number of trials; grid: repeats of the whole grid."""
+    space: dict[str, ParamSpace] = Field(default_factory=dict)
+    """Dotted config keys (e.g. loss.lam) -> their distribution."""
+    metric: Literal["val_objective", "val_auroc", "val_fpr95", "val_id_accuracy"] = "val_objective"
+    mode: Literal["max", "min"] = "max"
+
+
+class Config(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _space_keys_exist(self) -> "Config":
+        for key in self.search.space:
+            if key.startswith("search.") or key == "name":
+                raise ValueError(f"search.space: {key!r} cannot be searched")
+            _check_path(self.model_dump(), key, where="search.space")
+        return self
+
+    def method(self) -> str:
+        """zero-shot (no training), flyp (lam = 0) or cma."""
+        if self.schedule.epochs == 0:
+            return "zero-shot"
+        return "flyp" if self.loss.lam == 0 else "cma"
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes the science (not tracking or resources)."""
+        data = self.model_dump(mode="json", exclude={"tracking", "resources", "search", "name"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _check_path(tree: dict, dotted: str, where: str) -> None:
+    node: Any = tree
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            prefix = ".".join(parts[:depth]) or "<top>"
+            allowed = sorted(node) if isinstance(node, dict) else []
+            raise ValueError(f"{where}: unknown key {dotted!r} ({prefix} allows: {', '.join(allowed)})")
+        node = node[part]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"loss.lam=0.1"`` -> ``("loss.lam", 0.1)``; the value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of ``tree`` with dotted keys set; unknown keys are left for validation to name."""
+    tree = copy.deepcopy(tree)
+    for dotted, value in overrides.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key{_allowed_hint(item['loc'])}")
+        elif item["type"] == "literal_error":
+            lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _allowed_hint(loc: tuple) -> str:
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    return f" (allowed: {', '.join(model.model_fields)})"
+
+
+def from_dict(tree: dict, overrides: dict[str, Any] | None = None) -> Config:
+    try:
+        return Config.model_validate(apply_overrides(tree, overrides or {}))
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML experiment (None: all defaults) and apply ``--set`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return from_dict(tree, overrides)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted-key view of the config (for MLflow params and Parquet columns)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            out[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else node
+
+    walk("", cfg.model_dump(mode="json", exclude={"search"}))
+    return out

@@ -1,0 +1,105 @@
+"""What the commands do: prepare inputs, run through Ray, record results, track, report.
+
+The driver is the single writer of Parquet and MLflow; runs only write their own
+run directories.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from harness import prepare, ray_layer, report, results, runner, tracking
+from harness.config import Config
+from harness.engine import RunContext
+
+
+class Timer:
+    """Named wall-clock stages, printed as they finish, so a user sees where time goes."""
+
+    def __init__(self, log=print):
+        self.stages: list[tuple[str, float]] = []
+        self.log = log
+
+    @contextmanager
+    def stage(self, name: str):
+        self.log(f"==> {name} ...")
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.stages.append((name, elapsed))
+        self.log(f"==> {name}: {elapsed:.1f} s")
+
+    def table(self) -> str:
+        total = sum(t for _, t in self.stages)
+        lines = ["| stage | seconds | share |", "|---|---|---|"]
+        lines += [f"| {name} | {sec:.1f} | {100 * sec / total:.0f}% |" for name, sec in self.stages]
+        return "\n".join(lines + [f"| total | {total:.1f} | 100% |"])
+
+
+def results_dir(out: Path) -> Path:
+    return out / "results"
+
+
+def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str | None) -> tracking.Record:
+    rid = ray_layer.run_id(cfg)
+    status = "finished" if summary else "failed"
+    results.record_run(results_dir(out), rid, sweep, cfg, summary, status, error, run_dir=out / "runs" / rid)
+    return tracking.Record(rid, cfg, summary, status)
+
+
+def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tracking.Record:
+    """Evaluate the starting weights without training, in this process (no Ray needed)."""
+    base = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"epochs": 0})})
+    paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
+    summary = runner.run(base, paths, RunContext())
+    return _record(out, sweep, base, summary, None)
+
+
+def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
+    with timer.stage("prepare data and starting weights"):
+        inputs = prepare.prepare_inputs(cfg, log=timer.log)
+    with timer.stage("start Ray"):
+        ray_layer.init(address)
+    with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
+        try:
+            summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
+        except Exception as err:  # recorded as a failed run, then re-raised for the exit code
+            summary, error = None, repr(err)
+        record = _record(out, cfg.name, cfg, summary, error)
+        if error:
+            raise RuntimeError(f"run {record.run_id} failed: {error}")
+    return [record]
+
+
+def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
+    if not cfg.search.space:
+        raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
+    with timer.stage("prepare data and starting weights"):
+        inputs = prepare.prepare_inputs(cfg, log=timer.log)
+    with timer.stage("zero-shot baseline"):
+        records = [zero_shot(cfg, inputs, out, f"{cfg.name}-sweep")]
+    with timer.stage("start Ray"):
+        ray_layer.init(address)
+    with timer.stage(f"Ray Tune sweep over {', '.join(cfg.search.space)}"):
+        for trial_cfg, summary, error in ray_layer.sweep(cfg, inputs, out):
+            records.append(_record(out, f"{cfg.name}-sweep", trial_cfg, summary, error))
+    return records
+
+
+def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], timer: Timer,
+           notes: str = "") -> tuple[Path, str]:
+    """Report from Parquet, then log everything (with the report) to MLflow."""
+    with timer.stage("report"):
+        md = report.write(results_dir(out), out / "report.md", title=f"{name}: OoD detection report", notes=notes)
+    with timer.stage("log to MLflow"):
+        artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
+        uri = tracking.log_sweep(cfg, out, name, records, artifacts)
+    return md, uri
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(max(1, n))

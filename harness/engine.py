@@ -1,0 +1,105 @@
+"""One training step and the training loop: plain PyTorch, no Ray, no MLflow.
+
+The loop takes a ``report(metrics, checkpoint_dir)`` callable and the distributed
+facts as parameters, so the same code runs in a test, in a benchmark, or inside a
+Ray Train worker (which passes ``ray.train.report`` and its rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from harness.config import OptimConfig
+from harness.losses import CMALoss
+
+Report = Callable[[dict, "str | None"], None]
+
+
+@dataclass
+class RunContext:
+    """Distributed facts and hooks, given by whoever runs the loop."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    report: Report = lambda metrics, checkpoint_dir=None: None
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """All-gather with gradients to the local part; None on one process."""
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    # The reference recipe decays all parameters (logit scale, norms and biases included).
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on GPU when asked; fp32 elsewhere (bf16 on CPU is slower here)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model: torch.nn.Module, batch: tuple, loss_fn: CMALoss, optimizer: torch.optim.Optimizer,
+               scheduler, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """One optimiser step on (images, tokens, labels); returns the loss and its parts."""
+    images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+    model.train()
+    with autocast(device, precision):
+        out = model(images, tokens)
+        loss, parts = loss_fn.with_parts(out["image_features"].float(), out["text_features"].float(),
+                                         out["logit_scale"].float())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():  # CLIP clamps the learnable temperature at 100
+        _unwrap(model).logit_scale.clamp_(0, math.log(100))
+    return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+
+def train_epoch(model, batches: Iterator, steps: int, loss_fn: CMALoss, optimizer, scheduler,
+                ctx: RunContext, precision: str = "fp32", log_every: int = 0,
+                log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run exactly ``steps`` steps from ``batches``; returns mean loss parts and throughput."""
+    totals: dict[str, float] = {}
+    samples = 0
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = next(batches)
+        parts = train_step(model, batch, loss_fn, optimizer, scheduler, ctx.device, precision)
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value
+        samples += len(batch[0])
+        if not math.isfinite(parts["loss"]):
+            raise FloatingPointError(f"non-finite loss {parts['loss']} at step {step}")
+        if log_every and (step + 1) % log_every == 0:
+            log(f"  step {step + 1}/{steps} loss {parts['loss']:.4f}")
+    elapsed = time.perf_counter() - start
+    out = {f"train_{k}": v / max(1, steps) for k, v in totals.items()}
+    out["samples_per_s_worker"] = samples / elapsed if elapsed > 0 else 0.0
+    out["samples_per_s"] = out["samples_per_s_worker"] * ctx.world_size
+    out["lr"] = scheduler.get_last_lr()[0]
+    out["train_s"] = elapsed
+    return out
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)

@@ -1,0 +1,125 @@
+"""Evaluation: encode each dataset once, cache the embeddings, compute every score from the cache.
+
+Embedding caches are keyed by dataset and by the weights that produced them
+(a run directory holds one model), so new scores need no re-encoding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from harness import metrics, negatives
+from harness.config import EvalConfig
+from harness.data.pipeline import eval_pipeline
+from harness.scores import get_score
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """L2-normalised image features (N, D) float32, labels (N,) long (-1 for OoD), sample keys."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save({"features": self.features, "labels": self.labels, "keys": self.keys}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Embeddings":
+        data = torch.load(path, weights_only=True)
+        return cls(data["features"], data["labels"], list(data["keys"]))
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """Everything text-derived that the scores need, for one model."""
+
+    class_features: torch.Tensor  # (C, D) ID class prompts
+    negative_features: torch.Tensor  # (M, D) mined negative prompts
+    negative_labels: list[str]
+    logit_scale: float
+
+
+@torch.no_grad()
+def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: int,
+                  device: torch.device | str = "cpu") -> Embeddings:
+    model.eval()
+    feats, labels, keys = [], [], []
+    for images, batch_labels, batch_keys in eval_pipeline(urls, transform, batch_size):
+        feats.append(model.encode_image(images.to(device), normalize=True).float().cpu())
+        labels.append(batch_labels)
+        keys.extend(batch_keys)
+    if not keys:
+        raise ValueError(f"no samples read from {len(urls)} shard(s): {list(urls)[:3]}")
+    return Embeddings(torch.cat(feats), torch.cat(labels), keys)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: int = 512,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    model.eval()
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+def cached_embeddings(cache: Path, encode: Callable[[], Embeddings]) -> Embeddings:
+    if cache.is_file():
+        return Embeddings.load(cache)
+    emb = encode()
+    emb.save(cache)
+    return emb
+
+
+def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: EvalConfig,
+                    negatives_path: Path, device: torch.device | str = "cpu") -> TextSide:
+    """Encode the ID class prompts and mine the negative labels with this model."""
+    class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames], device=device)
+    candidates = negatives.read_candidates(negatives_path)
+    id_words = {c.lower() for c in classnames}
+    candidates = [c for c in candidates if c.word.lower() not in id_words]  # an ID label is never a negative
+    cand_features = encode_texts(model, tokenizer,
+                                 negatives.prompts(candidates, cfg.noun_prompt, cfg.adjective_prompt), device=device)
+    keep = negatives.mine(class_features, cand_features, [c.kind for c in candidates],
+                          cfg.neg_percentile, cfg.neg_ratio)
+    scale = float(model.logit_scale.exp().item())
+    return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], scale)
+
+
+def compute_scores(features: torch.Tensor, text: TextSide, cfg: EvalConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every configured score for every image (higher = more ID)."""
+    out = {}
+    for name in cfg.scores:
+        spec = get_score(name)
+        if spec.needs == "text":
+            out[name] = spec.fn(features, text.class_features, temperature=cfg.mcm_temperature)
+        elif spec.needs == "text+negatives":
+            out[name] = spec.fn(features, text.class_features, text.negative_features,
+                                temperature=cfg.neg_temperature, groups=cfg.neg_groups, seed=seed)
+        else:  # classifier-head scores on the zero-shot classifier's logits
+            out[name] = spec.fn(text.logit_scale * features @ text.class_features.T)
+    return out
+
+
+def id_accuracy(emb: Embeddings, text: TextSide) -> float:
+    return metrics.accuracy(emb.features @ text.class_features.T, emb.labels)
+
+
+def ood_table(id_scores: dict[str, torch.Tensor], ood_scores: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
+    """One row per (score, OoD dataset) with every metric of harness.metrics.ood_metrics."""
+    rows = []
+    for dataset, by_score in ood_scores.items():
+        for score, values in by_score.items():
+            row = {"score": score, "dataset": dataset, "n_id": len(id_scores[score]), "n_ood": len(values)}
+            row.update(metrics.ood_metrics(id_scores[score], values))
+            rows.append(row)
+    return rows

@@ -1,0 +1,119 @@
+"""open_clip factory: (model, transforms, tokenizer) from a model config, and offline weight resolution.
+
+Nothing here downloads. Weights come from a local file, or from a file that an
+earlier online session left in the open_clip / Hugging Face caches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+# open_clip's Hugging Face file names, newest first (see open_clip.pretrained).
+_HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class WeightsNotFound(FileNotFoundError):
+    """Pretrained weights that are not on this machine; the message says where to put them."""
+
+
+@dataclass(frozen=True)
+class ClipBundle:
+    model: open_clip.CLIP
+    train_transform: Callable
+    eval_transform: Callable
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+
+def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] = (0.9, 1.0)) -> ClipBundle:
+    """Build ``arch`` with ``weights`` (a local checkpoint path, or None for random init).
+
+    The train transform is the method's RandomResizedCrop(scale=train_crop_scale, bicubic);
+    the eval transform is Resize + CenterCrop, both from open_clip so they match its models.
+    """
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown model.arch {arch!r}; open_clip knows: {', '.join(open_clip.list_models())}")
+    model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+        arch,
+        pretrained=weights,
+        aug_cfg={"scale": train_crop_scale},
+        output_dict=True,
+        weights_only=True,  # never unpickle arbitrary objects from a checkpoint
+    )
+    return ClipBundle(model, train_tf, eval_tf, open_clip.get_tokenizer(arch))
+
+
+def resolve_weights(arch: str, spec: str | None) -> str | None:
+    """Turn ``model.pretrained`` into a local file path (or None for random init).
+
+    ``spec`` is a path to a checkpoint, or an open_clip pretrained tag (e.g. "openai")
+    whose file must already be in the local caches. Raises WeightsNotFound naming
+    where to put the file.
+    """
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if os.sep in spec or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
+        raise WeightsNotFound(f"model.pretrained: checkpoint file not found: {path}")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if spec not in tags:
+        raise ValueError(f"model.pretrained: {arch} has no pretrained tag {spec!r}; "
+                         f"known tags: {', '.join(tags) or 'none'}; or give a checkpoint path")
+    cached = _cached_pretrained_file(arch, spec)
+    if cached is None:
+        pcfg = open_clip.get_pretrained_cfg(arch, spec)
+        raise WeightsNotFound(
+            f"weights {arch}/{spec} are not on this machine and the harness never downloads. "
+            f"On a machine with internet, fetch {pcfg.get('url') or 'the file'} "
+            f"(or the Hugging Face repo {pcfg.get('hf_hub', '?')}) and either pass "
+            f"--set model.pretrained=/path/to/file or copy it into {_url_cache_dir()}")
+    return cached
+
+
+def _url_cache_dir() -> Path:
+    # open_clip's download_pretrained_from_url default location.
+    return Path("~/.cache/clip").expanduser()
+
+
+def _cached_pretrained_file(arch: str, tag: str) -> str | None:
+    pcfg = open_clip.get_pretrained_cfg(arch, tag)
+    url = pcfg.get("url", "")
+    if url:
+        candidate = _url_cache_dir() / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache  # a dependency of open_clip
+
+        repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        for name in (filename,) if filename else _HF_FILENAMES:
+            found = try_to_load_from_cache(repo_id, name)
+            if isinstance(found, str):
+                return found
+    return None
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write the state dict atomically (temp + rename); loadable with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model behind a DistributedDataParallel wrapper."""
+    return getattr(model, "module", model)

@@ -1,0 +1,42 @@
+"""Driver-side preparation: make sure the data and the starting weights exist, as absolute paths.
+
+Runs before any compute is spent on workers, so a missing dataset or checkpoint
+fails here, named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import models, pretrain
+from harness.config import Config
+from harness.data import synthetic
+from harness.data.shards import read_manifest
+from harness.paths import synthetic_root
+
+
+@dataclass(frozen=True)
+class Inputs:
+    data_root: Path
+    weights: Path | None
+
+
+def data_root(cfg: Config) -> Path:
+    return Path(cfg.data.root).expanduser().resolve() if cfg.data.root else synthetic_root()
+
+
+def prepare_inputs(cfg: Config, log=print) -> Inputs:
+    root = data_root(cfg)
+    if cfg.data.source == "synthetic":
+        synthetic.generate(root, synthetic.WorldSpec(), progress=log)
+    for name in (cfg.data.train, cfg.data.id_val, cfg.data.ood_val, cfg.data.id_test, *cfg.data.ood_test):
+        read_manifest(root / name)  # raises, naming the path, when a dataset is missing
+    if cfg.model.pretrained == "synthetic":
+        if cfg.data.source != "synthetic":
+            raise ValueError("model.pretrained=synthetic needs data.source=synthetic (it is pretrained on that corpus)")
+        weights: Path | None = pretrain.ensure_pretrained(cfg, root, log)
+    else:
+        resolved = models.resolve_weights(cfg.model.arch, cfg.model.pretrained)
+        weights = Path(resolved) if resolved else None
+    return Inputs(root, weights)

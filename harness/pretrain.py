@@ -1,0 +1,66 @@
+"""Pretraining the tiny CLIP on the synthetic captioned corpus: the stand-in for OpenAI's weights.
+
+Runs once per (architecture, pretraining settings, world, seed) and is cached, so
+every later run starts from the same weights, as real runs start from a
+published checkpoint. Plain PyTorch in this process; no Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from harness import engine, models
+from harness.config import Config, OptimConfig
+from harness.data.pipeline import decoded_captions, train_pipeline
+from harness.data.shards import read_manifest
+from harness.losses import CMALoss
+from harness.paths import cache_dir
+
+CORPUS = "pretrain"
+
+
+def checkpoint_path(cfg: Config, data_root: Path) -> Path:
+    """Cache key: architecture, pretraining settings, seed and the world that made the corpus."""
+    world = (data_root / "world.json").read_bytes() if (data_root / "world.json").is_file() else b""
+    key = json.dumps({"arch": cfg.model.arch, "pretrain": cfg.pretrain.model_dump(), "seed": cfg.seed,
+                      "world": hashlib.sha256(world).hexdigest()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "pretrained" / f"{cfg.model.arch}-synthetic-{digest}.pt"
+
+
+def ensure_pretrained(cfg: Config, data_root: Path, log=print) -> Path:
+    """Return the cached pretrained checkpoint, pretraining it first when missing."""
+    path = checkpoint_path(cfg, data_root)
+    if path.is_file():
+        log(f"pretrained weights: {path} (cached)")
+        return path
+    log(f"pretraining {cfg.model.arch} on the synthetic corpus ({cfg.pretrain.epochs} epochs) ...")
+    start = time.perf_counter()
+    model = pretrain(cfg, data_root, log)
+    models.save_weights(model, path)
+    log(f"pretrained weights: {path} ({time.perf_counter() - start:.0f} s)")
+    return path
+
+
+def pretrain(cfg: Config, data_root: Path, log=print) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    settings = cfg.pretrain
+    bundle = models.build(cfg.model.arch, None)
+    manifest = read_manifest(data_root / CORPUS)
+    steps = manifest.num_samples // settings.batch_size
+    optim_cfg = OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = engine.make_optimizer(bundle.model, optim_cfg)
+    scheduler = engine.warmup_cosine(optimizer, settings.warmup_steps, steps * settings.epochs)
+    batches = iter(train_pipeline(manifest.shards, bundle.train_transform, decoded_captions, bundle.tokenizer,
+                                  settings.batch_size, seed=cfg.seed))
+    ctx = engine.RunContext()
+    for epoch in range(1, settings.epochs + 1):
+        metrics = engine.train_epoch(bundle.model, batches, steps, CMALoss(0.0), optimizer, scheduler, ctx)
+        log(f"  pretrain epoch {epoch}/{settings.epochs}: loss {metrics['train_loss']:.3f} "
+            f"({metrics['samples_per_s']:.0f} samples/s)")
+    return bundle.model

@@ -1,0 +1,113 @@
+"""The results layer: Parquet tables of runs and metrics, written atomically and idempotently.
+
+Tables (one file each in a results directory, every row carrying ``schema_version``):
+
+- ``runs.parquet``: one row per run: config, status, timings, validation metrics, ID accuracy.
+- ``ood_metrics.parquet``: one row per run x score x OoD test set, every metric of harness.metrics.
+- ``epochs.parquet``: one row per run x epoch (training curves).
+- ``sample_scores.parquet``: one row per run x dataset x score x sample (for histograms and bootstraps).
+
+Every table is keyed by ``run_id``: recording a run replaces all of its earlier rows,
+so re-running never duplicates. Writes hold a lock file and go through temp + rename,
+so concurrent writers do not drop rows and a crash leaves the previous table intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import torch
+
+from harness.config import Config
+
+SCHEMA_VERSION = 1
+RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
+TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
+
+
+@contextlib.contextmanager
+def _locked(results_dir: Path) -> Iterator[None]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def table_path(results_dir: Path, table: str) -> Path:
+    return Path(results_dir) / f"{table}.parquet"
+
+
+def read(results_dir: Path, table: str) -> pd.DataFrame:
+    """A table, or an empty frame when nothing was recorded yet."""
+    path = table_path(results_dir, table)
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def upsert(results_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """Replace the rows of every run_id present in the new frames, table by table, under one lock."""
+    results_dir = Path(results_dir)
+    with _locked(results_dir):
+        for table, new in tables.items():
+            if new.empty:
+                continue
+            new = new.assign(schema_version=SCHEMA_VERSION)
+            old = read(results_dir, table)
+            if not old.empty:
+                old = old[~old["run_id"].isin(set(new["run_id"]))]
+                new = pd.concat([old, new], ignore_index=True) if not old.empty else new
+            _write_atomic(new.reset_index(drop=True), table_path(results_dir, table))
+
+
+def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: str, error: str | None) -> dict:
+    summary = summary or {}
+    gap = summary.get("gap", {})
+    row = {
+        "run_id": run_id, "sweep": sweep, "name": cfg.name, "method": cfg.method(), "status": status,
+        "error": error, "lam": cfg.loss.lam, "lr": cfg.optim.lr, "epochs": cfg.schedule.epochs, "seed": cfg.seed,
+        "arch": cfg.model.arch, "world_size": summary.get("world_size"), "global_batch": summary.get("global_batch"),
+        "steps_per_epoch": summary.get("steps_per_epoch"),
+        "gap_centroid_distance": gap.get("centroid_distance"), "gap_pair_cosine": gap.get("pair_cosine"),
+        "num_negatives": summary.get("num_negatives"), "checkpoint": summary.get("checkpoint"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+    }
+    for key in ("val_id_accuracy", "val_auroc", "val_fpr95", "val_objective", "id_accuracy",
+                "train_s", "eval_s", "wall_s"):
+        row[key] = summary.get(key)
+    return row
+
+
+def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary: dict | None,
+               status: str = "finished", error: str | None = None, run_dir: Path | None = None) -> None:
+    """Write every table's rows for one run (replacing any earlier rows of the same run_id)."""
+    tables = {RUNS: pd.DataFrame([run_row(run_id, sweep, cfg, summary, status, error)])}
+    if summary:
+        tables[OOD] = pd.DataFrame([{"run_id": run_id, **row} for row in summary.get("ood", [])])
+        tables[EPOCHS] = pd.DataFrame([{"run_id": run_id, **row} for row in summary.get("epochs", [])])
+        scores_file = run_dir / "scores.pt" if run_dir else None
+        if scores_file and scores_file.is_file():
+            tables[SAMPLES] = _sample_scores(run_id, torch.load(scores_file, weights_only=True))
+    upsert(results_dir, tables)
+
+
+def _sample_scores(run_id: str, scores: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
+    frames = [pd.DataFrame({"run_id": run_id, "dataset": dataset, "score": score,
+                            "value": values.double().numpy()})
+              for dataset, by_score in scores.items() for score, values in by_score.items()]
+    return pd.concat(frames, ignore_index=True)
