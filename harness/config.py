@@ -50,7 +50,9 @@ class DataConfig(_Section):
     """synthetic: the embedded world, generated (and cached) under root; shards: datasets already in root."""
     root: str | None = None
     """Directory holding one sub-directory (shards + manifest.json) per dataset.
-    None: the synthetic world's cache, $HARNESS_CACHE/synthetic (default ~/.cache/harness)."""
+    None: the synthetic world's cache, $HARNESS_CACHE/synthetic-<size> (default ~/.cache/harness)."""
+    synthetic_size: Literal["demo", "small"] = "demo"
+    """Size of the generated synthetic world: the demo's, or a few thousand images for tests."""
     train: str = "id_train"
     id_val: str = "id_val"
     ood_val: str = "ood_val"

@@ -11,5 +11,5 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser().resolve()
 
 
-def synthetic_root() -> Path:
-    return cache_dir() / "synthetic"
+def synthetic_root(size: str) -> Path:
+    return cache_dir() / f"synthetic-{size}"

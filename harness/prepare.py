@@ -23,13 +23,14 @@ class Inputs:
 
 
 def data_root(cfg: Config) -> Path:
-    return Path(cfg.data.root).expanduser().resolve() if cfg.data.root else synthetic_root()
+    return Path(cfg.data.root).expanduser().resolve() if cfg.data.root else synthetic_root(cfg.data.synthetic_size)
 
 
 def prepare_inputs(cfg: Config, log=print) -> Inputs:
     root = data_root(cfg)
     if cfg.data.source == "synthetic":
-        synthetic.generate(root, synthetic.WorldSpec(), progress=log)
+        spec = synthetic.small_spec() if cfg.data.synthetic_size == "small" else synthetic.WorldSpec()
+        synthetic.generate(root, spec, progress=log)
     for name in (cfg.data.train, cfg.data.id_val, cfg.data.ood_val, cfg.data.id_test, *cfg.data.ood_test):
         read_manifest(root / name)  # raises, naming the path, when a dataset is missing
     if cfg.model.pretrained == "synthetic":

@@ -147,8 +147,9 @@ def sweep(cfg: Config, inputs: Inputs, out: Path) -> list[tuple[Config, dict | N
     base = cfg.model_dump(mode="json")
     space = {key: _tune_domain(spec) for key, spec in cfg.search.space.items()}
     trainable = tune.with_parameters(_trial, base=base, inputs=inputs, out=str(out))
-    # The trial function only waits on its Train run, whose workers hold the CPUs.
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # The trial function only waits on its Train run, whose workers hold the CPUs; Ray
+    # refuses an all-zero request, so it asks for a little memory, which every node has.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024 * 1024})
     # grid and random both use Tune's default variant generator: grid_search entries are
     # enumerated, sampled domains drawn num_samples times.
     tuner = tune.Tuner(

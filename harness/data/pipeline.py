@@ -63,9 +63,11 @@ def train_pipeline(
         image = _first_present(sample, IMAGE_KEYS, "image")
         return transform(image), caption(sample), int(sample.get("cls", -1))
 
+    tokenize = CachedTokenizer(tokenizer)
+
     def collate(rows):
         images, texts, labels = zip(*rows)
-        return torch.stack(images), tokenizer(list(texts)), torch.tensor(labels)
+        return torch.stack(images), tokenize(texts), torch.tensor(labels)
 
     return wds.DataPipeline(
         lambda: _shards_forever(urls, seed, rank, world_size),
@@ -76,6 +78,24 @@ def train_pipeline(
         wds.map(to_pair),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
+
+
+class CachedTokenizer:
+    """Tokenise each distinct text once: class prompts and web-style captions repeat a lot,
+    and BPE tokenisation is a large share of the input pipeline's time."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], max_entries: int = 100_000):
+        self.tokenizer = tokenizer
+        self.max_entries = max_entries
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            if len(self.cache) + len(missing) > self.max_entries:
+                self.cache.clear()
+            self.cache.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self.cache[t] for t in texts])
 
 
 def eval_pipeline(
@@ -94,8 +114,9 @@ def eval_pipeline(
         images, labels, keys = zip(*rows)
         return torch.stack(images), torch.tensor(labels), list(keys)
 
+    mine = list(urls)[rank::world_size]  # may be empty: that rank then yields nothing
     return wds.DataPipeline(
-        wds.SimpleShardList(list(urls)[rank::world_size]),
+        lambda: ({"url": url} for url in mine),
         wds.split_by_worker,
         wds.tarfile_to_samples(),
         wds.decode("pil"),

@@ -1,0 +1,64 @@
+"""The whole system on a real local Ray cluster: sweep -> Parquet -> report -> MLflow, then an idempotent re-run."""
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "name": "e2e",
+    "model": {"arch": "tiny-vit-32", "pretrained": "synthetic"},
+    "pretrain": {"epochs": 1, "batch_size": 64},
+    "data": {"source": "synthetic", "synthetic_size": "small", "batch_size": 32},
+    "schedule": {"epochs": 1, "warmup_steps": 2},
+    "optim": {"lr": 5e-4},
+    "eval": {"neg_ratio": 0.3},
+    "search": {"space": {"loss.lam": {"grid": [0.0, 0.5]}}},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session):
+    import mlflow
+
+    from harness import cli, results, tracking
+
+    path = tmp_path / "e2e.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(path), "--out", str(out)]) == 0
+
+    runs = results.read(out / "results", results.RUNS)
+    assert sorted(runs["method"]) == ["cma", "flyp", "zero-shot"]
+    assert (runs["status"] == "finished").all()
+    assert runs["id_accuracy"].between(0, 1).all() and runs["val_objective"].notna().all()
+    ood = results.read(out / "results", results.OOD)
+    assert len(ood) == 3 * 5 * 2  # runs x scores x OoD test sets
+    assert set(ood["dataset"]) == {"near_ood", "far_ood"}  # never the validation OoD set
+    assert ood[["fpr95", "auroc", "aupr_in", "aupr_out"]].stack().between(0, 1).all()
+    assert len(results.read(out / "results", results.EPOCHS)) == 2  # two trials x one epoch
+
+    report = (out / "report.md").read_text()
+    for row in ("| zero-shot | mcm |", "| FLYP | neglabel |", "| CMA | neglabel |"):
+        assert row in report
+    assert (out / "report-lambda.png").stat().st_size > 0 and (out / "report-scores.png").stat().st_size > 0
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    logged = mlflow.search_runs(experiment_names=["harness"])
+    assert sorted(logged[f"tags.{tracking.RUN_ID_TAG}"]) == sorted(list(runs["run_id"]) + ["e2e-sweep"])
+    children = logged[logged["tags.harness.kind"] == "run"]
+    assert children["metrics.id_accuracy"].notna().all()
+    assert (children["tags.mlflow.parentRunId"] == logged[logged["tags.harness.kind"] == "sweep"]["run_id"].iloc[0]).all()
+
+    # `harness train` of the CMA trial's config is the same run: its rows are replaced, not added.
+    assert cli.main(["train", str(path), "--out", str(out), "--set", "loss.lam=0.5"]) == 0
+    again = results.read(out / "results", results.RUNS)
+    assert len(again) == 3 and sorted(again["run_id"]) == sorted(runs["run_id"])
+    assert len(results.read(out / "results", results.OOD)) == 3 * 5 * 2
