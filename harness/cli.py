@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         records = driver.train(cfg, out, args.address, timer)
     else:
         records = driver.sweep(cfg, out, args.address, timer)
-    md, uri = driver.finish(cfg, out, f"{cfg.name}-{args.command}", records, timer, notes=_notes(timer))
+    kind = "train" if args.command == "train" else "sweep"
+    md, uri = driver.finish(cfg, out, f"{cfg.name}-{kind}", records, timer, notes=_notes(timer))
     print("\nwhere the time went:\n" + timer.table())
     (out / "timings.md").write_text(timer.table() + "\n")
     print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet\n"

@@ -38,7 +38,7 @@ class ModelConfig(_Section):
 class PretrainConfig(_Section):
     """Pretraining of the tiny model on the synthetic captioned corpus (the stand-in for CLIP's web data)."""
 
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)

@@ -10,8 +10,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from harness import prepare, ray_layer, report, results, runner, tracking
 from harness.config import Config
 from harness.engine import RunContext
@@ -99,7 +97,3 @@ def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], ti
         artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
         uri = tracking.log_sweep(cfg, out, name, records, artifacts)
     return md, uri
-
-
-def set_threads(n: int) -> None:
-    torch.set_num_threads(max(1, n))

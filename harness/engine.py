@@ -17,6 +17,7 @@ import torch
 
 from harness.config import OptimConfig
 from harness.losses import CMALoss
+from harness.models import unwrap
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -71,7 +72,7 @@ def train_step(model: torch.nn.Module, batch: tuple, loss_fn: CMALoss, optimizer
     optimizer.step()
     scheduler.step()
     with torch.no_grad():  # CLIP clamps the learnable temperature at 100
-        _unwrap(model).logit_scale.clamp_(0, math.log(100))
+        unwrap(model).logit_scale.clamp_(0, math.log(100))
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
@@ -99,7 +100,3 @@ def train_epoch(model, batches: Iterator, steps: int, loss_fn: CMALoss, optimize
     out["lr"] = scheduler.get_last_lr()[0]
     out["train_s"] = elapsed
     return out
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)

@@ -73,6 +73,7 @@ def _report(metrics: dict, checkpoint_dir: str | None) -> None:
 
 
 def _train_worker(loop_config: dict) -> None:
+    logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every model build at INFO
     cfg = Config.model_validate(loop_config["cfg"])
     torch.set_num_threads(loop_config["threads"])
     context = ray.train.get_context()
@@ -111,6 +112,7 @@ def fit(job: Job, under_tune: bool = False) -> dict:
             storage_path=str(job.out / "ray"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()] if under_tune else None,
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
         ),
     )
     trainer.fit()
@@ -159,7 +161,8 @@ def sweep(cfg: Config, inputs: Inputs, out: Path) -> list[tuple[Config, dict | N
             metric=cfg.search.metric, mode=cfg.search.mode, num_samples=cfg.search.num_samples,
             max_concurrent_trials=max_concurrent(cfg),
         ),
-        run_config=tune.RunConfig(name=f"{cfg.name}-sweep", storage_path=str(out / "ray"), verbose=1),
+        # verbose=0: the runs print one line per epoch; Tune's 5-second status tables drown them.
+        run_config=tune.RunConfig(name=f"{cfg.name}-sweep", storage_path=str(out / "ray"), verbose=0),
     )
     grid = tuner.fit()
     outcomes = []

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness import results  # noqa: E402
@@ -96,6 +97,12 @@ def plot_lambda_sweep(runs: pd.DataFrame, ood: pd.DataFrame, path: Path) -> bool
     return True
 
 
+def _log_odds(values: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1] that saturate (NegLabel at T = 0.01) are readable as log-odds."""
+    clipped = np.clip(values, 1e-12, 1 - 1e-12)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
 def plot_histograms(chosen: dict[str, pd.Series], samples: pd.DataFrame, id_dataset: str, path: Path) -> bool:
     if samples.empty:
         return False
@@ -106,10 +113,16 @@ def plot_histograms(chosen: dict[str, pd.Series], samples: pd.DataFrame, id_data
         mine = samples[samples["run_id"] == chosen[method]["run_id"]]
         for row, score in enumerate(PAPER_SCORES):
             ax = axes[row][col]
-            for dataset, values in mine[mine["score"] == score].groupby("dataset")["value"]:
-                ax.hist(values, bins=40, alpha=0.5, density=True,
+            values = mine[mine["score"] == score]
+            if values.empty:
+                continue
+            transformed = _log_odds(values["value"].to_numpy())
+            bins = np.linspace(transformed.min(), transformed.max(), 41)  # shared bins: comparable bars
+            for dataset in sorted(values["dataset"].unique()):
+                ax.hist(transformed[(values["dataset"] == dataset).to_numpy()], bins=bins, alpha=0.5, density=True,
                         label=f"{dataset} (ID)" if dataset == id_dataset else dataset)
             ax.set_title(f"{METHOD_LABEL[method]} · {score}")
+            ax.set_xlabel("log-odds of the score")
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -169,7 +169,7 @@ def neglabel(image_features: torch.Tensor, class_text_features: torch.Tensor,
         seed: seed of the shuffle (used only when groups > 1).
 
     Returns:
-        (N,) scores in (0, 1], higher = more ID.
+        (N,) float64 scores in (0, 1], higher = more ID.
     """
     _check(chunk_size, temperature)
     _check_features(image_features, class_text_features, negative_text_features)
@@ -184,8 +184,10 @@ def neglabel(image_features: torch.Tensor, class_text_features: torch.Tensor,
         lse_id = torch.logsumexp(chunk @ id_text.T / temperature, dim=1)  # (n,)
         neg_logits = (chunk @ neg_flat.T / temperature).reshape(-1, n_groups, per_group)
         lse_neg = torch.logsumexp(neg_logits, dim=2)  # (n, G)
-        lse_all = torch.logaddexp(lse_id.unsqueeze(1), lse_neg)  # lse over ID and group g
-        return torch.exp(lse_id.unsqueeze(1) - lse_all).mean(dim=1)
+        # ID mass = sigmoid(lse_id - lse_neg). At T = 0.01 it sits within 1e-8 of 1 for
+        # many images; float32 rounds those to exactly 1.0 and ties ID with OoD samples,
+        # so the last step runs in float64 (distinct up to a log-odds of about 37).
+        return torch.sigmoid((lse_id.unsqueeze(1) - lse_neg).double()).mean(dim=1)
 
     return _by_chunks(image_features, chunk_size, score)
 

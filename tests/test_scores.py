@@ -80,10 +80,10 @@ def test_neglabel_stable_in_float32_at_low_temperature():
     # cos / 0.01 reaches 100: exp(100) overflows float32, so a plain softmax sum would give inf/nan.
     images, classes, negatives = IMAGES.float(), CLASSES.float(), NEGATIVES.float()
     got = neglabel(images, classes, negatives, temperature=0.01)
-    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert got.dtype == torch.float64 and torch.isfinite(got).all()
     assert ((got > 0) & (got <= 1)).all()
     expected = naive_neglabel(IMAGES, CLASSES, NEGATIVES, 0.01, 1, 0).float()
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got.float(), expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("groups", [0, 24])
@@ -171,3 +171,15 @@ def test_bad_inputs_raise():
         mcm(IMAGES, unit_rows(5, 7, seed=0))
     with pytest.raises(ValueError, match="logits"):
         msp(torch.zeros(3))
+
+
+def test_neglabel_keeps_near_certain_images_apart():
+    # ID log-odds of 20 and 25 (in T = 0.01 units): float32 would round both masses to exactly 1.0 (a tie).
+    classes = torch.tensor([[1.0, 0.0]])
+    negatives = torch.tensor([[0.0, 1.0]])
+    angles = torch.tensor([0.62, 0.64])  # cos(a) - sin(a) = 0.233, 0.205 -> log-odds 23.3, 20.5
+    images = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    got = neglabel(images, classes, negatives, temperature=0.01)
+    expected_log_odds = (torch.cos(angles) - torch.sin(angles)) / 0.01
+    assert expected_log_odds.min() > 17  # beyond float32's resolution near 1
+    assert got[0] > got[1] and torch.allclose(torch.log(got / (1 - got)), expected_log_odds.double(), rtol=1e-4)
