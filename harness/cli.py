@@ -71,7 +71,9 @@ def _report(args) -> int:
 
     results_dir = args.results_dir / "results" if (args.results_dir / "results").is_dir() else args.results_dir
     output = args.output or results_dir.parent / "report.md"
-    print(report.write(results_dir, output))
+    timings = results_dir.parent / "timings.md"  # written by train / sweep / demo
+    notes = "## Where the time went\n" + timings.read_text() if timings.is_file() else ""
+    print(report.write(results_dir, output, notes=notes))
     return 0
 
 
