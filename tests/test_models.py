@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from harness import models
+
+
+def test_weights_round_trip_through_a_local_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    first = models.build("tiny-vit-32", None)
+    path = models.save_weights(first.model, tmp_path / "w" / "model.pt")
+    resolved = models.resolve_weights("tiny-vit-32", str(path))
+    assert resolved == str(path.resolve())
+    second = models.build("tiny-vit-32", resolved)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not list((tmp_path / "w").glob("*.tmp*"))
+
+
+def test_named_architectures_build_with_matching_transforms():
+    bundle = models.build("tiny-vit-32", None)
+    from PIL import Image
+
+    image = Image.new("RGB", (50, 40), (200, 10, 10))
+    assert bundle.eval_transform(image).shape == (3, 32, 32)
+    assert bundle.train_transform(image).shape == (3, 32, 32)
+    tokens = bundle.tokenizer(["a photo of a red star"])
+    assert tokens.shape == (1, 16)
+    with torch.no_grad():
+        feats = bundle.model.encode_image(bundle.eval_transform(image)[None], normalize=True)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(1))
+
+
+def test_unknown_architecture_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown model.arch 'ViT-Q-99'.*ViT-B-16"):
+        models.build("ViT-Q-99", None)
+
+
+def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache: nothing there
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(models.WeightsNotFound, match="checkpoint file not found"):
+        models.resolve_weights("ViT-B-16", str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="no pretrained tag 'bogus'.*openai"):
+        models.resolve_weights("ViT-B-16", "bogus")
+    with pytest.raises(models.WeightsNotFound, match="never downloads.*model.pretrained=/path/to/file"):
+        models.resolve_weights("ViT-B-16", "openai")
+
+
+def test_a_cached_openai_file_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    url_cache = tmp_path / ".cache" / "clip"
+    url_cache.mkdir(parents=True)
+    import open_clip
+    import os
+
+    name = os.path.basename(open_clip.get_pretrained_cfg("ViT-B-16", "openai")["url"])
+    (url_cache / name).write_bytes(b"weights")
+    assert models.resolve_weights("ViT-B-16", "openai") == str(url_cache / name)
+    assert models.resolve_weights("tiny-vit-32", None) is None
