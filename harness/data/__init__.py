@@ -1,0 +1,1 @@
+"""Datasets: WebDataset shards with manifests, and the embedded synthetic benchmark world."""

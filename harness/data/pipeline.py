@@ -19,15 +19,20 @@ from typing import Callable, Iterator, Sequence
 import torch
 import webdataset as wds
 
+from harness.data.tario import tar_samples
+from harness.data.transforms import decode_image, split
+
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
-def _shards_forever(urls: Sequence[str], seed: int, rank: int, world_size: int) -> Iterator[dict]:
-    """Yield {"url": ...} for this rank's share of a fresh shard permutation each epoch."""
+def _shards_forever(urls: Sequence[str], seed: int, rank: int, world_size: int,
+                    start_epoch: int = 0) -> Iterator[dict]:
+    """Yield {"url": ...} for this rank's share of a fresh shard permutation each epoch,
+    beginning with epoch ``start_epoch`` (0-based; a resumed run continues the sequence)."""
     if len(urls) < world_size:
         raise ValueError(f"{len(urls)} training shards cannot feed {world_size} workers: "
                          "write more (smaller) shards or use fewer workers")
-    epoch = 0
+    epoch = start_epoch
     while True:
         order = list(urls)
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
@@ -53,29 +58,34 @@ def train_pipeline(
     world_size: int = 1,
     seed: int = 0,
     shuffle_buffer: int = 1000,
+    start_epoch: int = 0,
 ) -> wds.DataPipeline:
     """Endless batches of (images float[B,3,H,W], tokens long[B,L], labels long[B]).
 
-    ``caption(sample)`` gives the text paired with a decoded sample (its class prompt
-    for the ID task, its ``txt`` for the pretraining corpus).
+    ``caption(sample)`` gives the text paired with a sample (its class prompt for the
+    ID task, its ``txt`` for the pretraining corpus); sample fields other than the image
+    arrive as raw bytes. ``transform`` maps an RGB PIL image to a (3, H, W) tensor; the
+    batches equal stacking its outputs (open_clip's transforms take the batched fast
+    path of harness.data.transforms).
     """
+    fast = split(transform)
+
     def to_pair(sample: dict):
-        image = _first_present(sample, IMAGE_KEYS, "image")
-        return transform(image), caption(sample), int(sample.get("cls", -1))
+        image = decode_image(_first_present(sample, IMAGE_KEYS, "image"))
+        return fast.sample(image), caption(sample), int(sample.get("cls", -1))
 
     tokenize = CachedTokenizer(tokenizer)
 
     def collate(rows):
         images, texts, labels = zip(*rows)
-        return torch.stack(images), tokenize(texts), torch.tensor(labels)
+        return fast.batch(torch.stack(images)), tokenize(texts), torch.tensor(labels)
 
     return wds.DataPipeline(
-        lambda: _shards_forever(urls, seed, rank, world_size),
+        lambda: _shards_forever(urls, seed, rank, world_size, start_epoch),
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
+        tar_samples,  # webdataset's tarfile_to_samples, faster on local files (harness.data.tario)
         wds.shuffle(shuffle_buffer, rng=random.Random(seed + rank)),
-        wds.decode("pil"),
-        wds.map(to_pair),
+        wds.map(to_pair),  # decodes only the image: no JSON parsing, no copies
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
 
@@ -105,21 +115,23 @@ def eval_pipeline(
     rank: int = 0,
     world_size: int = 1,
 ) -> wds.DataPipeline:
-    """Batches of (images, labels long[B], keys list[str]), each of this rank's samples once."""
+    """Batches of (images, labels long[B], keys list[str]), each of this rank's samples once
+    (``transform`` as in :func:`train_pipeline`)."""
+    fast = split(transform)
+
     def to_row(sample: dict):
-        image = _first_present(sample, IMAGE_KEYS, "image")
-        return transform(image), int(sample.get("cls", -1)), sample["__key__"]
+        image = decode_image(_first_present(sample, IMAGE_KEYS, "image"))
+        return fast.sample(image), int(sample.get("cls", -1)), sample["__key__"]
 
     def collate(rows):
         images, labels, keys = zip(*rows)
-        return torch.stack(images), torch.tensor(labels), list(keys)
+        return fast.batch(torch.stack(images)), torch.tensor(labels), list(keys)
 
     mine = list(urls)[rank::world_size]  # may be empty: that rank then yields nothing
     return wds.DataPipeline(
         lambda: ({"url": url} for url in mine),
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
-        wds.decode("pil"),
+        tar_samples,  # webdataset's tarfile_to_samples, faster on local files (harness.data.tario)
         wds.map(to_row),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )

@@ -1,69 +1,83 @@
 """The embedded synthetic benchmark: coloured shapes at 32x32, structured like ImageNet OoD.
 
-Concepts are ``"{colour} {shape}"``. The world splits them, deterministically
-from the seed, into ID classes, OoD-validation concepts, near-OoD test concepts
-and concepts seen only in pretraining; the far-OoD test set is object-free
-textures. The captioned pretraining corpus covers every concept and texture
-(CLIP's web data saw everything), so a tiny CLIP pretrained on it has real
-zero-shot skill, and a vocabulary file stands in for WordNet's negative labels.
+Concepts are ``"{colour} {shape}"``. The shape x colour grid is cut, from the seed,
+into diagonals (shape i with colour i + d): each diagonal holds every shape and
+every colour once, so any union of diagonals needs both attributes to tell its
+members apart. Diagonals go to the ID classes, the OoD-validation concepts, the
+near-OoD test concepts (new combinations of seen attributes, like SSB-hard) and
+concepts seen only in pretraining. Object-free textures are far-OoD; their kinds
+are split between the far-OoD test set and the OoD-validation set, so validation
+never sees the test distribution. The captioned pretraining corpus covers every
+concept and texture (CLIP's web data saw everything) and ``negatives.tsv`` stands
+in for WordNet's candidate negative labels.
 
-Every shape and every colour appears among the ID classes, so the ID task needs
-both attributes; nuisance variation (position, size, rotation, background,
-fill pattern, colour jitter, noise) keeps it from being trivial.
+Nuisance variation (position, size, rotation, background, fill pattern, colour
+jitter, blur, noise) keeps the task from being trivial. Every sample comes from
+its own seeded generator, so output is byte-identical for a spec and independent
+of order or process count.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
+import multiprocessing
+import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
-from harness.data.shards import Manifest, read_manifest, sha256, write_manifest, write_shards
+from harness.data.shards import MANIFEST, Manifest, describe_shards, write_manifest, write_shards
 
-GENERATOR_VERSION = 1
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 220, 50),
-           "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (235, 235, 235), "cyan": (50, 210, 220)}
-TEXTURES = ("striped", "checkerboard", "dotted", "grid", "noise", "gradient", "wavy", "zigzag")
-PATTERNS = ("solid", "solid", "solid", "striped", "dotted")  # fill patterns of objects (solid most often)
-# Colour-shape offsets (concept = shape i, colour i + offset): each offset gives every shape and colour once.
-SPLIT_OFFSETS = {"id": (0, 3), "ood_val": (5,), "near_ood": (1, 6), "pretrain_only": (2, 4, 7)}
-UNRELATED_NOUNS = ("tree", "car", "river", "violin", "mountain", "bicycle", "castle", "kitchen", "forest", "bridge",
-                   "guitar", "ocean", "desert", "library", "window", "garden", "airplane", "piano", "lantern",
-                   "volcano", "harbor", "meadow", "tractor", "cathedral", "umbrella", "compass", "glacier",
-                   "orchard", "telescope", "village", "waterfall", "balloon", "canyon", "island", "lighthouse",
-                   "saddle", "teapot", "tunnel", "whistle", "anchor", "barn", "candle", "drum", "feather",
-                   "helmet", "kettle", "ladder", "mirror", "needle", "pillow", "rocket", "spoon", "tent",
-                   "wagon", "basket", "bottle", "cabinet", "dragon", "engine", "fountain")
-UNRELATED_ADJECTIVES = ("happy", "ancient", "quiet", "wooden", "frozen", "noisy", "gentle", "rusty", "sacred",
-                        "tropical", "urban", "vintage", "wild", "hollow", "fragile", "royal", "muddy", "silky",
-                        "brave", "sleepy")
-
-DATASETS = {  # name -> (kind, role)
-    "pretrain": ("pretrain", "captioned corpus"), "id_train": ("id", "ID train"), "id_val": ("id", "ID validation"),
-    "id_test": ("id", "ID test"), "ood_val": ("ood", "OoD validation"), "near_ood": ("ood", "near-OoD test"),
-    "far_ood": ("ood", "far-OoD test"),
+GENERATOR_VERSION = 2
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "crescent", "arrow", "heart")
+COLOURS = {"red": (220, 35, 35), "green": (40, 180, 50), "blue": (45, 75, 235), "yellow": (240, 225, 40),
+           "purple": (145, 50, 205), "orange": (250, 135, 20), "white": (240, 240, 240), "cyan": (40, 215, 225)}
+TEXTURES = ("striped", "checkered", "dotted", "grid", "noise", "gradient", "wavy", "zigzag")
+BACKGROUNDS = ("dark", "grey", "noisy", "gradient")
+PATTERNS = ("solid", "striped", "dotted")  # object fills; solid is drawn most often
+SPLIT_DIAGONALS = {"id": 2, "ood_val": 1, "near_ood": 2}  # the rest: pretraining only
+PARALLEL_FROM = 5000  # images; smaller worlds render in-process (a pool costs more than it saves)
+OOD_VAL_TEXTURES = 2  # texture kinds held out for OoD validation; the others are far-OoD test
+NOUNS = ("tree", "car", "river", "violin", "mountain", "bicycle", "castle", "kitchen", "forest", "bridge", "guitar",
+    "ocean", "desert", "library", "window", "garden", "airplane", "piano", "lantern", "volcano", "harbor", "meadow",
+    "tractor", "cathedral", "umbrella", "compass", "glacier", "orchard", "telescope", "village", "waterfall",
+    "balloon", "canyon", "island", "lighthouse", "saddle", "teapot", "tunnel", "whistle", "anchor", "barn", "candle",
+    "drum", "feather", "helmet", "kettle", "ladder", "mirror", "needle", "pillow", "rocket", "spoon", "tent", "wagon",
+    "basket", "bottle", "cabinet", "dragon", "engine", "fountain", "hammer", "jacket", "keyboard", "lemon",
+    "microscope", "notebook", "oven", "parrot", "quilt", "racket", "scissors", "submarine", "tiger", "trumpet",
+    "vase", "wallet", "yacht", "zebra", "apple", "bench", "chimney", "dolphin", "elevator", "fence", "giraffe",
+    "hospital", "igloo", "jungle", "kayak", "leaf", "magnet", "nest", "owl", "pencil", "pyramid", "sandwich",
+    "skyscraper", "statue", "sunflower", "tomato", "turtle")
+ADJECTIVES = ("happy", "ancient", "quiet", "wooden", "frozen", "loud", "gentle", "rusty", "sacred", "tropical", "urban",
+    "vintage", "wild", "hollow", "fragile", "royal", "muddy", "silky", "brave", "sleepy", "angry", "bitter", "clever",
+    "cozy", "dusty", "elegant", "fancy", "fluffy", "glossy", "greasy", "humid", "icy", "juicy", "lazy", "lonely",
+    "modern", "narrow", "polite", "rural", "salty", "spicy", "sturdy", "velvety", "windy")
+PATTERN_ADJECTIVES = ("striped", "checkered", "dotted", "wavy", "zigzag")
+DATASETS = {  # name -> (kind, role); ID datasets share the ID classes
+    "pretrain": ("pretrain", "captioned pretraining corpus"), "id_train": ("id", "ID train"),
+    "id_val": ("id", "ID validation"), "id_test": ("id", "ID test"), "ood_val": ("ood", "OoD validation"),
+    "near_ood": ("ood", "near-OoD test"), "far_ood": ("ood", "far-OoD test"),
 }
 
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """Sizes and seed of the world; the defaults are the demo's."""
+    """Sizes and seed of the world; the defaults are the demo's (~28k images)."""
 
     seed: int = 0
     image_size: int = 32
-    pretrain: int = 24000
-    id_train_per_class: int = 200
+    pretrain: int = 20000
+    id_train_per_class: int = 150
     id_val_per_class: int = 40
-    id_test_per_class: int = 60
+    id_test_per_class: int = 50
     ood_val: int = 800
     near_ood: int = 1000
     far_ood: int = 1000
@@ -71,219 +85,368 @@ class WorldSpec:
     """Share of the pretraining corpus that shows textures."""
     shard_size: int = 500
 
+    def __post_init__(self):
+        for name in _COUNTS + ("shard_size",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorldSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < 16 or not 0 <= self.texture_share < 1:
+            raise ValueError(f"WorldSpec: image_size must be >= 16 and texture_share in [0, 1): {self}")
+
+    def scaled(self, factor: float, shard_size: int | None = None) -> WorldSpec:
+        """The same world with every image count multiplied by ``factor`` (at least one each)."""
+        counts = {name: max(1, round(getattr(self, name) * factor)) for name in _COUNTS}
+        return replace(self, **counts, shard_size=shard_size or self.shard_size)
+
+
+_COUNTS = tuple(f.name for f in fields(WorldSpec) if f.name.startswith(("pretrain", "id_", "ood_", "near_", "far_")))
+
 
 def small_spec(seed: int = 0) -> WorldSpec:
-    """A world of a few thousand images for tests (seconds to generate)."""
+    """A world of about 5,000 images for tests (seconds): several id_train shards, one near_ood shard."""
     return WorldSpec(seed=seed, pretrain=3000, id_train_per_class=40, id_val_per_class=10, id_test_per_class=10,
                      ood_val=120, near_ood=160, far_ood=160, shard_size=200)
 
 
+# --- the concepts and their splits ---------------------------------------------------------------
+
 def concept_splits(seed: int) -> dict[str, list[str]]:
-    """Concept names per split, deterministic from the seed."""
+    """Object concepts per split (id, ood_val, near_ood, pretrain_only): a partition of the
+    shape x colour grid, each split sorted (the ID class index is the position in ``id``)."""
     rng = np.random.default_rng([seed, 1])
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
     colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))]
-    return {split: [f"{colours[(i + off) % len(colours)]} {shapes[i]}" for off in offsets for i in range(len(shapes))]
-            for split, offsets in SPLIT_OFFSETS.items()}
+    diagonals = [int(d) for d in rng.permutation(len(colours))]
+    sizes = {**SPLIT_DIAGONALS, "pretrain_only": len(colours) - sum(SPLIT_DIAGONALS.values())}
+    splits, start = {}, 0
+    for split, count in sizes.items():
+        splits[split] = sorted(f"{colours[(i + d) % len(colours)]} {shape}"
+                               for d in diagonals[start:start + count] for i, shape in enumerate(shapes))
+        start += count
+    return splits
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, fill) -> None:
-    def poly(n: int, radii=(1.0,), phase: float = 0.0):
-        pts = []
-        for k in range(n * len(radii)):
-            a = angle + phase + 2 * math.pi * k / (n * len(radii))
-            rad = r * radii[k % len(radii)]
-            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        draw.polygon(pts, fill=fill)
+def texture_splits(seed: int) -> dict[str, list[str]]:
+    """Texture concepts ("striped texture", ...) of the OoD-validation and far-OoD test sets (disjoint)."""
+    order = [f"{TEXTURES[i]} texture" for i in np.random.default_rng([seed, 2]).permutation(len(TEXTURES))]
+    return {"ood_val": sorted(order[:OOD_VAL_TEXTURES]), "far_ood": sorted(order[OOD_VAL_TEXTURES:])}
 
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+
+def all_concepts() -> list[str]:
+    """Every concept; a pretraining sample's ``cls`` is its index here (textures come last)."""
+    return [f"{c} {s}" for s in SHAPES for c in COLOURS] + [f"{t} texture" for t in TEXTURES]
+
+
+def describe_world(spec: WorldSpec) -> dict:
+    """The world as world.json stores it: spec, vocabularies, splits and what each dataset draws from."""
+    splits, textures = concept_splits(spec.seed), texture_splits(spec.seed)
+    n = len(splits["id"])
+    members = {"pretrain": all_concepts(), "id_train": splits["id"], "id_val": splits["id"], "id_test": splits["id"],
+               "ood_val": splits["ood_val"] + textures["ood_val"], "near_ood": splits["near_ood"],
+               "far_ood": textures["far_ood"]}
+    counts = {"pretrain": spec.pretrain, "id_train": spec.id_train_per_class * n, "id_val": spec.id_val_per_class * n,
+              "id_test": spec.id_test_per_class * n, "ood_val": spec.ood_val, "near_ood": spec.near_ood,
+              "far_ood": spec.far_ood}
+    return {"generator_version": GENERATOR_VERSION, "spec": asdict(spec), "shapes": list(SHAPES),
+            "colours": {k: list(v) for k, v in COLOURS.items()}, "textures": list(TEXTURES),
+            "concepts": all_concepts(), "splits": splits, "texture_splits": textures, "id_classes": splits["id"],
+            "negatives": "negatives.tsv",
+            "datasets": {name: {"kind": kind, "role": role, "num_samples": counts[name], "concepts": members[name]}
+                         for name, (kind, role) in DATASETS.items()}}
+
+
+def negative_vocabulary() -> list[tuple[str, str]]:
+    """(kind, word) candidate negative labels, sorted and unique: every concept name, shape and
+    texture name, colour and pattern adjectives, and ordinary words unrelated to the world."""
+    nouns = set(all_concepts()) | set(SHAPES) | set(NOUNS)
+    adjectives = set(COLOURS) | set(PATTERN_ADJECTIVES) | set(ADJECTIVES)
+    return sorted({("noun", w) for w in nouns} | {("adj", w) for w in adjectives})
+
+
+# --- drawing -------------------------------------------------------------------------------------
+
+def _regular(n: int, radii=(1.0,), phase: float = 0.0) -> list[tuple[float, float]]:
+    m = n * len(radii)
+    return [(radii[k % len(radii)] * math.cos(phase + 2 * math.pi * k / m),
+             radii[k % len(radii)] * math.sin(phase + 2 * math.pi * k / m)) for k in range(m)]
+
+
+def _heart() -> list[tuple[float, float]]:
+    t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    x, y = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    y = y - (y.max() + y.min()) / 2  # centre the bounding box on the origin
+    return list(zip(x / 16.5, y / 16.5))
+
+
+_W = 0.34  # half-width of the cross's arms
+POLYGONS = {  # unit-radius outlines, rotated and scaled per image
+    "square": _regular(4, (0.85,), math.pi / 4), "triangle": _regular(3, phase=-math.pi / 2),
+    "star": _regular(5, (1.0, 0.42), -math.pi / 2), "diamond": [(0, -1), (0.58, 0), (0, 1), (-0.58, 0)],
+    "cross": [(-_W, -1), (_W, -1), (_W, -_W), (1, -_W), (1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W), (-1, _W),
+              (-1, -_W), (-_W, -_W)],
+    "arrow": [(-1, -0.24), (0.1, -0.24), (0.1, -0.68), (1, 0), (0.1, 0.68), (0.1, 0.24), (-1, 0.24)],
+    "heart": _heart(),
+}
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, size: int, scale: int = 4) -> np.ndarray:
+    """Coverage in [0, 1] (size x size x 1) of a shape centred at (cx, cy), radius r, rotated by angle.
+    Drawn at ``scale`` times the resolution and box-filtered, for smooth edges."""
+    img = Image.new("L", (size * scale, size * scale), 0)
+    draw = ImageDraw.Draw(img)
+    cx, cy, r = cx * scale, cy * scale, r * scale
+    ca, sa = math.cos(angle), math.sin(angle)
+
+    def disc(rad: float, dx: float = 0.0, fill: int = 255):
+        x, y = cx + dx * r * ca, cy + dx * r * sa
+        draw.ellipse([x - rad * r, y - rad * r, x + rad * r, y + rad * r], fill=fill)
+
+    if shape in POLYGONS:
+        draw.polygon([(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in POLYGONS[shape]], fill=255)
+    elif shape == "circle":
+        disc(0.9)
     elif shape == "ring":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        draw.ellipse([cx - r * 0.55, cy - r * 0.55, cx + r * 0.55, cy + r * 0.55], fill=0)  # mask image: 0 = background
-    elif shape == "square":
-        poly(4, phase=math.pi / 4)
-    elif shape == "diamond":
-        poly(4, radii=(1.0, 0.55))
-    elif shape == "triangle":
-        poly(3, phase=-math.pi / 2)
-    elif shape == "hexagon":
-        poly(6)
-    elif shape == "star":
-        poly(5, radii=(1.0, 0.42), phase=-math.pi / 2)
-    elif shape == "cross":
-        poly(4, radii=(1.0, 0.42, 0.42, 1.0), phase=math.pi / 4 - 0.4)
+        disc(1.0), disc(0.55, fill=0)
+    elif shape == "crescent":
+        disc(1.0), disc(0.85, dx=0.5, fill=0)
     else:
         raise ValueError(f"unknown shape {shape!r}")
+    small = img.resize((size, size), Image.BOX)
+    return np.asarray(small, dtype=np.float32)[..., None] / 255.0
 
 
-def _jitter(rgb, rng, amount: int = 25) -> tuple[int, ...]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+_GRID = functools.lru_cache(maxsize=4)(lambda size: np.mgrid[0:size, 0:size].astype(np.float32))
+
+
+def _jitter(rgb, rng, amount: int = 18) -> np.ndarray:
+    """A colour with per-channel jitter and a brightness change: same name, varied pixels."""
+    return np.clip((np.asarray(rgb) + rng.integers(-amount, amount + 1, 3)) * rng.uniform(0.85, 1.08), 0, 255)
 
 
 def _background(rng, size: int) -> tuple[np.ndarray, str]:
-    kind = ["dark", "noisy", "grey"][rng.integers(3)]
-    base = rng.integers(0, 70, 3) if kind != "grey" else np.full(3, rng.integers(60, 110))
-    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
-    if kind == "noisy":
-        img = img + rng.normal(0, 25, (size, size, 3))
+    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    tint = rng.integers(0, 60, 3).astype(np.float32)
+    img = np.broadcast_to(tint, (size, size, 3)).astype(np.float32)
+    if kind == "grey":
+        img[:] = rng.integers(50, 100)
+    elif kind == "noisy":
+        img = img + rng.normal(0, 22, (size, size, 3))
+    elif kind == "gradient":
+        t = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
+        img = img + t * rng.integers(0, 60, 3)
+        img = img if rng.random() < 0.5 else img.transpose(1, 0, 2)
     return img, kind
+
+
+def _rotated_grid(rng, size: int, turn: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates in a frame rotated by a random angle in [0, turn)."""
+    yy, xx = _GRID(size)
+    phi = rng.uniform(0, turn)
+    return xx * math.cos(phi) + yy * math.sin(phi), -xx * math.sin(phi) + yy * math.cos(phi)
+
+
+def _fill(pattern: str, rng, size: int) -> np.ndarray | float:
+    """Shading of the object's fill: 1 where the colour is full, 0.5 on stripes / dots."""
+    if pattern == "solid":
+        return 1.0
+    u, v = _rotated_grid(rng, size, math.pi)
+    if pattern == "striped":
+        dark = np.sin(2 * math.pi * u / rng.uniform(3, 4.5)) > 0.3
+    else:
+        dark = ((u % 4) - 2) ** 2 + ((v % 4) - 2) ** 2 < 1.6
+    return np.where(dark, 0.5, 1.0).astype(np.float32)[..., None]
+
+
+def _finish(img: np.ndarray, rng, blur: bool) -> np.ndarray:
+    """Optional blur, then sensor noise; uint8 RGB."""
+    if blur:
+        out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7))
+        img = np.asarray(out, np.float32)
+    noisy = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(2, 8))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def render_object(rng, shape: str, colour: str, size: int) -> tuple[np.ndarray, dict]:
     """An RGB uint8 image of one shape on a background, and the attributes that were drawn."""
-    scale = 2  # draw at 2x, downsample: smooth edges at 32 px
     bg, bg_kind = _background(rng, size)
-    radius = rng.uniform(0.22, 0.42) * size
-    cx, cy = rng.uniform(radius * 0.8, size - radius * 0.8, 2)
-    mask_img = Image.new("L", (size * scale, size * scale), 0)
-    _draw_shape(ImageDraw.Draw(mask_img), shape, cx * scale, cy * scale, radius * scale, rng.uniform(0, 2 * math.pi), 255)
-    mask = np.asarray(mask_img.resize((size, size), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
-    pattern = PATTERNS[rng.integers(len(PATTERNS))]
-    fg = np.broadcast_to(np.array(_jitter(COLOURS[colour], rng), np.float32), (size, size, 3)).copy()
-    yy, xx = np.mgrid[0:size, 0:size]
-    if pattern == "striped":
-        fg[((xx + yy) // 2) % 2 == 0] *= 0.45
-    elif pattern == "dotted":
-        fg[(xx % 4 < 2) & (yy % 4 < 2)] *= 0.45
-    img = bg * (1 - mask) + fg * mask + rng.normal(0, 6, (size, size, 3))
-    attrs = {"shape": shape, "colour": colour, "pattern": pattern, "background": bg_kind,
-             "size": "large" if radius > 0.33 * size else "small"}
-    return np.clip(img, 0, 255).astype(np.uint8), attrs
+    radius = rng.uniform(0.2, 0.42) * size
+    cx, cy = rng.uniform(radius * 0.85, size - radius * 0.85, 2)
+    mask = shape_mask(shape, cx, cy, radius, rng.uniform(0, 2 * math.pi), size)
+    pattern = PATTERNS[int(np.searchsorted([0.6, 0.8], rng.random()))]  # solid 60%, striped / dotted 20% each
+    fg = _jitter(COLOURS[colour], rng).astype(np.float32) * _fill(pattern, rng, size)
+    blur = bool(rng.random() < 0.25)
+    pixels = _finish(bg * (1 - mask) + fg * mask, rng, blur)
+    return pixels, {"shape": shape, "colour": colour, "second_colour": None, "texture": None,
+                    "background": bg_kind, "pattern": pattern, "blur": blur,
+                    "size": "small" if radius < 0.3 * size else "large"}
+
+
+def _block_noise(size: int, rng) -> np.ndarray:
+    block = int(rng.integers(1, 4))
+    return np.kron(rng.random((size // block + 1,) * 2), np.ones((block, block)))[:size, :size] > 0.5
+
+
+_TEXTURE_MAPS = {  # kind -> share of the first colour per pixel, from rotated coordinates (u, v) and period p
+    "striped": lambda u, v, p, rng: np.sin(2 * math.pi * u / p) > 0,
+    "checkered": lambda u, v, p, rng: (np.floor(u / p) + np.floor(v / p)) % 2 == 0,
+    "dotted": lambda u, v, p, rng: ((u % p) - p / 2) ** 2 + ((v % p) - p / 2) ** 2 < (p / 3) ** 2,
+    "grid": lambda u, v, p, rng: ((u % p) < 1.2) | ((v % p) < 1.2),
+    "noise": lambda u, v, p, rng: _block_noise(u.shape[0], rng),
+    "gradient": lambda u, v, p, rng: np.clip(u / (u.shape[0] * 1.4) + 0.5, 0, 1),
+    "wavy": lambda u, v, p, rng: np.sin(2 * math.pi * (v + 2.0 * np.sin(2 * math.pi * u / (2.5 * p))) / p) > 0,
+    "zigzag": lambda u, v, p, rng: np.sin(2 * math.pi * (v + p * np.abs((u / p) % 2 - 1)) / p) > 0,
+}
 
 
 def render_texture(rng, texture: str, size: int) -> tuple[np.ndarray, dict]:
-    """An object-free texture image (the far-OoD style)."""
-    c1, c2 = (np.array(_jitter(list(COLOURS.values())[i], rng, 40), np.float32) for i in rng.choice(8, 2, replace=False))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = rng.integers(3, 8)
-    phase = rng.uniform(0, 2 * math.pi)
-    if texture == "striped":
-        t = (np.sin(2 * math.pi * (xx * math.cos(phase) + yy * math.sin(phase)) / period) > 0)
-    elif texture == "checkerboard":
-        t = ((xx // period + yy // period) % 2 == 0)
-    elif texture == "dotted":
-        t = ((xx % period) - period / 2) ** 2 + ((yy % period) - period / 2) ** 2 < (period / 3) ** 2
-    elif texture == "grid":
-        t = (xx % period == 0) | (yy % period == 0)
-    elif texture == "noise":
-        t = rng.random((size, size)) > 0.5
-    elif texture == "gradient":
-        t = (xx * math.cos(phase) + yy * math.sin(phase)) / size
-    elif texture == "wavy":
-        t = np.sin(2 * math.pi * (yy + 2 * np.sin(xx / 3 + phase)) / period) > 0
-    elif texture == "zigzag":
-        t = ((yy + np.abs((xx % (2 * period)) - period)) // period) % 2 == 0
-    else:
+    """An object-free texture image in two random colours (the far-OoD style)."""
+    i, j = rng.choice(len(COLOURS), 2, replace=False)
+    names = list(COLOURS)
+    c1, c2 = _jitter(COLOURS[names[i]], rng, 30), _jitter(COLOURS[names[j]], rng, 30)
+    if texture not in _TEXTURE_MAPS:
         raise ValueError(f"unknown texture {texture!r}")
-    t = np.clip(np.asarray(t, np.float32), 0, 1)[..., None]
-    img = c1 * t + c2 * (1 - t) + rng.normal(0, 6, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8), {"texture": texture}
+    p = rng.uniform(3, 8)
+    u, v = _rotated_grid(rng, size, 2 * math.pi)
+    t = np.asarray(_TEXTURE_MAPS[texture](u, v, p, rng), np.float32)[..., None]
+    blur = bool(rng.random() < 0.25)
+    pixels = _finish(c1 * t + c2 * (1 - t), rng, blur)
+    return pixels, {"shape": None, "colour": names[i], "second_colour": names[j], "texture": texture,
+                    "background": None, "pattern": texture, "blur": blur, "size": None}
 
 
 def caption(rng, attrs: dict) -> str:
-    """Web-style alt text for a pretraining image, using the attributes actually drawn."""
-    if "texture" in attrs:
+    """Web-style alt text built from the attributes actually drawn; always contains the concept name."""
+    c, c2 = attrs["colour"], attrs["second_colour"]
+    if attrs["texture"]:
         t = attrs["texture"]
-        return [f"a {t} texture", f"a photo of a {t} texture", f"{t} texture", f"a {t} pattern"][rng.integers(4)]
-    c, s, p = attrs["colour"], attrs["shape"], attrs["pattern"]
-    options = [f"a photo of a {c} {s}", f"a {c} {s}", f"a {attrs['size']} {c} {s}",
-               f"a {c} {s} on a {attrs['background']} background", f"{c} {s}, {p}", f"a {p} {c} {s}"]
+        options = [f"a {t} texture", f"a photo of a {t} texture", f"a {c} {t} texture",
+                   f"a {c} and {c2} {t} texture", f"{t} texture, {c} and {c2}"]
+    else:
+        s, p, size, bg = attrs["shape"], attrs["pattern"], attrs["size"], attrs["background"]
+        options = [f"a photo of a {c} {s}", f"a {c} {s}", f"a {size} {c} {s}", f"a {c} {s} on a {bg} background",
+                   f"{c} {s}, {p}", f"a {'plain' if p == 'solid' else p} {c} {s}",
+                   f"a {'blurry' if attrs['blur'] else 'clear'} photo of a {c} {s}",
+                   f"a {size} {c} {s} on a {bg} background"]
     return options[rng.integers(len(options))]
 
 
 def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=False)
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _samples(name: str, spec: WorldSpec, splits: dict[str, list[str]]) -> Iterator[dict]:
-    """Every sample of one dataset, each from its own seeded generator (order-independent)."""
-    all_concepts = [c for group in splits.values() for c in group]
-    id_classes = splits["id"]
-    per_class = {"id_train": spec.id_train_per_class, "id_val": spec.id_val_per_class, "id_test": spec.id_test_per_class}
-    totals = {"pretrain": spec.pretrain, "ood_val": spec.ood_val, "near_ood": spec.near_ood, "far_ood": spec.far_ood}
-    count = per_class[name] * len(id_classes) if name in per_class else totals[name]
-    stream = list(DATASETS).index(name)
-    for i in range(count):
-        rng = np.random.default_rng([spec.seed, stream, i])
-        label, text = -1, None
-        if name == "pretrain" and rng.random() < spec.texture_share:
-            concept = f"{TEXTURES[rng.integers(len(TEXTURES))]} texture"
-        elif name == "pretrain":
-            concept = all_concepts[rng.integers(len(all_concepts))]
-        elif name in per_class:
-            label = i % len(id_classes)
-            concept = id_classes[label]
-        elif name == "far_ood":
-            concept = f"{TEXTURES[i % len(TEXTURES)]} texture"
-        else:
-            group = splits["ood_val" if name == "ood_val" else "near_ood"]
-            concept = group[i % len(group)]
-        first, second = concept.split(" ")
-        pixels, attrs = (render_texture(rng, first, spec.image_size) if second == "texture"
-                         else render_object(rng, second, first, spec.image_size))
-        if name == "pretrain":
-            label = (all_concepts + [f"{t} texture" for t in TEXTURES]).index(concept)
-            text = caption(rng, attrs)
-        sample = {"__key__": f"{name}-{i:06d}", "png": _png(pixels), "cls": label,
-                  "json": {"concept": concept, **attrs}}
-        if text is not None:
-            sample["txt"] = text
-        yield sample
+# --- datasets ------------------------------------------------------------------------------------
+
+def make_sample(world: dict, name: str, i: int) -> dict:
+    """Sample ``i`` of dataset ``name``: a pure function of (spec, name, i)."""
+    spec, info = world["spec"], world["datasets"][name]
+    rng = np.random.default_rng([spec["seed"], list(DATASETS).index(name), i])  # DATASETS order is part of the format
+    members, label = info["concepts"], -1
+    if name == "pretrain":
+        objects = len(SHAPES) * len(COLOURS)
+        pick = objects + rng.integers(len(TEXTURES)) if rng.random() < spec["texture_share"] else rng.integers(objects)
+        concept, label = members[pick], int(pick)
+    else:
+        concept = members[i % len(members)]
+        label = i % len(members) if info["kind"] == "id" else -1
+    first, second = concept.split(" ")
+    pixels, attrs = (render_texture(rng, first, spec["image_size"]) if second == "texture"
+                     else render_object(rng, second, first, spec["image_size"]))
+    sample = {"__key__": f"{name}-{i:06d}", "png": _png(pixels), "cls": label, "json": {"concept": concept, **attrs}}
+    if name == "pretrain":
+        sample["txt"] = caption(rng, attrs)
+    return sample
 
 
-def negative_vocabulary(splits: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """(kind, word) candidates, the WordNet stand-in: concept names, parts of them and unrelated words."""
-    nouns = {c for group in splits.values() for c in group} | set(SHAPES) | {f"{t} texture" for t in TEXTURES}
-    nouns |= set(UNRELATED_NOUNS)
-    adjectives = set(COLOURS) | set(TEXTURES) | set(UNRELATED_ADJECTIVES)
-    return sorted({("noun", n) for n in nouns} | {("adj", a) for a in adjectives})
+def samples(world: dict, name: str, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """Samples ``start`` to ``stop`` (default: all) of one dataset, in key order."""
+    stop = world["datasets"][name]["num_samples"] if stop is None else stop
+    return (make_sample(world, name, i) for i in range(start, stop))
 
 
-def _world_description(spec: WorldSpec, splits: dict[str, list[str]]) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "spec": asdict(spec), "shapes": list(SHAPES),
-            "colours": list(COLOURS), "textures": list(TEXTURES), "splits": splits, "id_classes": splits["id"],
-            "far_ood_textures": list(TEXTURES), "datasets": {k: {"kind": v[0], "role": v[1]} for k, v in DATASETS.items()}}
+def _write_shard(job: tuple[dict, str, Path, int]) -> str:
+    """Write shard ``k`` of a dataset (a pure function of the job, so any process may run it)."""
+    world, name, out_dir, k = job
+    size = world["spec"]["shard_size"]
+    end = min((k + 1) * size, world["datasets"][name]["num_samples"])
+    [shard] = write_shards(samples(world, name, k * size, end), out_dir, name, size, start_shard=k)
+    return shard
 
 
-def is_complete(out_dir: Path, spec: WorldSpec) -> bool:
-    world = Path(out_dir) / "world.json"
-    if not world.is_file():
-        return False
-    data = json.loads(world.read_text())
-    return data.get("spec") == asdict(spec) and data.get("generator_version") == GENERATOR_VERSION
+def _write_dataset(world: dict, name: str, out_dir: Path, map_fn=map) -> Manifest:
+    """All shards of one dataset (their rendering spread by ``map_fn``) and its manifest."""
+    n, size, kind = world["datasets"][name]["num_samples"], world["spec"]["shard_size"], DATASETS[name][0]
+    shards = list(map_fn(_write_shard, [(world, name, out_dir, k) for k in range(-(-n // size))]))
+    manifest = describe_shards(out_dir, name, kind, shards, classnames=world["id_classes"] if kind == "id" else (),
+                               counts=[min(size, n - k * size) for k in range(len(shards))])
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def load_world(out_dir: str | Path, spec: WorldSpec) -> dict | None:
+    """The world.json of a complete world made by this generator from ``spec``, else None."""
+    out_dir = Path(out_dir)
+    try:
+        world = json.loads((out_dir / "world.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if world.get("generator_version") != GENERATOR_VERSION or world.get("spec") != asdict(spec):
+        return None
+    for name in DATASETS:  # cheap completeness check: every manifest and shard present
+        try:
+            shards = json.loads((out_dir / name / MANIFEST).read_text())["shards"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if not all((out_dir / name / s).is_file() for s in shards):
+            return None
+    return world
 
 
 def generate(out_dir: str | Path, spec: WorldSpec = WorldSpec(), progress: Callable[[str], None] | None = None,
-             force: bool = False) -> dict:
-    """Write the world under ``out_dir`` (one directory per dataset, world.json, negatives.tsv).
+             force: bool = False, workers: int | None = None) -> dict:
+    """Write the world under ``out_dir``; returns the world.json contents.
 
-    Cached: a complete world with the same spec is returned as is. Written into a
-    temporary sibling directory and renamed, so a crash never leaves half a world.
+    Layout: one directory per dataset in DATASETS (shards ``{name}-%06d.tar`` plus
+    manifest.json), world.json and negatives.tsv. A complete world from the same spec
+    is returned as is (no file touched) unless ``force``. Everything is written into a
+    temporary sibling and renamed into place, so a crash never leaves half a world.
+    ``workers`` rendering processes (default: the CPUs, for worlds over PARALLEL_FROM images).
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    if not force and is_complete(out_dir, spec):
-        return json.loads((out_dir / "world.json").read_text())
     log = progress or (lambda _msg: None)
+    if not force and (cached := load_world(out_dir, spec)) is not None:
+        log(f"synthetic world: {out_dir} (cached)")
+        return cached
     start = time.perf_counter()
-    splits = concept_splits(spec.seed)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    world = describe_world(spec)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, (kind, _role) in DATASETS.items():
-        names, counts = write_shards(_samples(name, spec, splits), tmp / name, name, spec.shard_size)
-        write_manifest(tmp / name, Manifest(
-            name=name, kind=kind, num_samples=sum(counts), shards=names, shard_samples=counts,
-            classnames=splits["id"] if kind == "id" else [],
-            checksums={n: sha256(tmp / name / n) for n in names}))
-    vocab = negative_vocabulary(splits)
-    (tmp / "negatives.tsv").write_text("".join(f"{kind}\t{word}\n" for kind, word in vocab))
-    world = _world_description(spec, splits)
-    (tmp / "world.json").write_text(json.dumps(world, indent=1, sort_keys=True))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    log(f"synthetic world written to {out_dir} in {time.perf_counter() - start:.1f} s "
-        f"({sum(read_manifest(out_dir / n).num_samples for n in DATASETS)} images)")
+    total = sum(d["num_samples"] for d in world["datasets"].values())
+    workers = workers or (min(len(os.sched_getaffinity(0)), 8) if total >= PARALLEL_FROM else 1)
+    # One task per shard. fork: workers inherit the imported modules (spawn would re-import torch).
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for name in DATASETS:
+            began = time.perf_counter()
+            manifest = _write_dataset(world, name, tmp / name, pool.map if pool else map)
+            log(f"  {name}: {manifest.num_samples} images, {len(manifest.shards)} shards "
+                f"({time.perf_counter() - began:.1f} s)")
+        (tmp / "negatives.tsv").write_text("".join(f"{k}\t{w}\n" for k, w in negative_vocabulary()))
+        (tmp / "world.json").write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")  # last: marks complete
+        if force or load_world(out_dir, spec) is None:  # another process may have finished the same world first
+            _replace_dir(tmp, out_dir)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"synthetic world: {total} images written to {out_dir} in {time.perf_counter() - start:.1f} s")
     return world
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``, replacing an old ``target`` (renames, so readers never see a mix)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
