@@ -41,12 +41,31 @@ class Embeddings:
 
 @dataclass(frozen=True)
 class TextSide:
-    """Everything text-derived that the scores need, for one model."""
+    """Everything text-derived that the scores need, for one model.
 
-    class_features: torch.Tensor  # (C, D) ID class prompts
+    Saved beside the image embeddings (``embeddings/text.pt``) so that gap measures
+    and projections can be computed from a run directory without re-encoding.
+    """
+
+    class_features: torch.Tensor  # (C, D) ID class prompts, L2-normalised, row k = class k
     negative_features: torch.Tensor  # (M, D) mined negative prompts
     negative_labels: list[str]
     logit_scale: float
+    classnames: tuple[str, ...] = ()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save({"class_features": self.class_features, "negative_features": self.negative_features,
+                    "negative_labels": list(self.negative_labels), "logit_scale": self.logit_scale,
+                    "classnames": list(self.classnames)}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TextSide":
+        data = torch.load(path, weights_only=True)
+        return cls(data["class_features"], data["negative_features"], list(data["negative_labels"]),
+                   float(data["logit_scale"]), tuple(data["classnames"]))
 
 
 @torch.no_grad()
@@ -92,7 +111,7 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     keep = negatives.mine(class_features, cand_features, [c.kind for c in candidates],
                           cfg.neg_percentile, cfg.neg_ratio)
     scale = float(model.logit_scale.exp().item())
-    return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], scale)
+    return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], scale, tuple(classnames))
 
 
 def compute_scores(features: torch.Tensor, text: TextSide, cfg: EvalConfig, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -148,6 +148,19 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
     }
 
 
+def roc_curve(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve with ID positive: (OoD accepted share, ID accepted share) at every distinct
+    threshold, strictest first, starting at (0, 0) and ending at (1, 1).
+
+    Tied scores move both shares in one step, so the trapezoidal area under the curve is
+    exactly ``ood_metrics(...)["auroc"]``.
+    """
+    ids = _check_scores(id_scores, "ID")
+    oods = _check_scores(ood_scores, "OoD")
+    id_acc, ood_acc, _ = _accepted_counts(ids, oods)
+    return np.concatenate(([0.0], ood_acc / oods.size)), np.concatenate(([0.0], id_acc / ids.size))
+
+
 def accuracy(logits_or_predictions, labels) -> float:
     """Top-1 accuracy as a fraction in [0, 1].
 

@@ -1,178 +1,207 @@
-"""Markdown report + plots from the Parquet tables (never from MLflow).
+"""The markdown report + PNG plots, from the Parquet tables of one or many results directories
+(never from MLflow).
 
-The body is deterministic for the same tables; one header line carries the date.
+Composition only: numbers come from harness.report_stats, markdown from harness.report_md,
+figures from harness.plots. The body is deterministic for the same tables (bootstraps are
+seeded, PNGs carry no date); one header line carries the date.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # no display on a cluster node
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from harness import evaluate, gap, paper, plots, uncertainty
+from harness import report_md as md
+from harness import report_stats as stats
+from harness.report_stats import Filters, Tables
 
-from harness import results  # noqa: E402
-
-PAPER_SCORES = ("mcm", "neglabel")
-METHOD_LABEL = {"zero-shot": "zero-shot", "flyp": "FLYP", "cma": "CMA"}
+N_BOOT = 1000
 
 
-def select_runs(runs: pd.DataFrame) -> dict[str, pd.Series]:
-    """One run per method: zero-shot, FLYP (lam = 0) and the CMA run with the best validation objective.
+def _scores(tables: Tables, filters: Filters) -> list[str]:
+    """The scores the comparison sections show: the filter's, else the paper's (MCM, NegLabel)."""
+    available = sorted(tables.ood["score"].unique()) if not tables.ood.empty else []
+    wanted = filters.scores or stats.PAPER_SCORES
+    return [s for s in wanted if s in available]
 
-    Selection reads validation columns only, never a test-set metric.
-    """
+
+def _arrays(tables: Tables, chosen: dict[str, pd.Series], scores: list[str]) -> plots.Arrays:
+    out: dict = {}
+    for score in scores:
+        out[score] = {}
+        for method, run in chosen.items():
+            id_scores, ood_sets = stats.score_arrays(tables.samples, run, score)
+            if not id_scores.empty and ood_sets:
+                out[score][method] = (id_scores.to_numpy(), {k: v.to_numpy() for k, v in ood_sets.items()})
+    return out
+
+
+def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores: list[str], path: Path) -> bool:
+    if ci.empty:
+        return False
     done = runs[runs["status"] == "finished"]
-    chosen = {}
-    for method in ("zero-shot", "flyp", "cma"):
-        rows = done[done["method"] == method]
-        if rows.empty:
-            continue
-        key = "val_objective" if rows["val_objective"].notna().any() else "id_accuracy"
-        chosen[method] = rows.sort_values([key, "run_id"], ascending=[False, True]).iloc[0]
-    return chosen
+    n_id = ood.groupby("run_id")["n_id"].first() if "n_id" in ood else pd.Series(dtype=float)
+    bounds = [uncertainty.wilson_interval(r["id_accuracy"], int(n_id[r["run_id"]])) if r["run_id"] in n_id
+              else (r["id_accuracy"], r["id_accuracy"]) for _, r in done.iterrows()]
+    done = done.assign(acc_low=[b[0] for b in bounds], acc_high=[b[1] for b in bounds])
+    avg = ci[(ci["dataset"] == uncertainty.AVERAGE) & ci["score"].isin(scores)]
+    trained = done[done["method"] != "zero-shot"][["run_id", "lam", "id_accuracy", "acc_low", "acc_high"]]
+    zero = done[done["method"] == "zero-shot"].sort_values("run_id").head(1)
+    zero = zero[["run_id", "id_accuracy"]].merge(avg, on="run_id")
+    return plots.lambda_sweep(trained, avg[avg["run_id"].isin(trained["run_id"])], zero, path)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
+def _paired_section(tables: Tables, chosen: dict, scores: list[str], n_boot: int) -> list[str]:
+    diffs = stats.paired_differences(tables, chosen, scores, n_boot)
+    head = ["## Is the difference real? (paired bootstrap)",
+            "Both methods scored the same test samples, paired by sample key; each replicate resamples "
+            "those samples once and computes both methods' metrics on them. Δ = first − second, in "
+            "percentage points. ✓: the 95% interval excludes 0 in the first method's favour "
+            "(lower FPR95, higher AUROC); ✗: it excludes 0 against it.", ""]
+    if diffs.empty:
+        return head + ["_Not available: needs per-sample scores of two of zero-shot, FLYP and CMA._", ""]
+    return head + md.paired_summary(diffs) + ["", md.paired_table(diffs), ""]
 
 
-def paper_table(chosen: dict[str, pd.Series], ood: pd.DataFrame) -> str:
-    datasets = sorted(ood["dataset"].unique())
-    head = "| method | score | " + " | ".join(f"{d} FPR95↓ / AUROC↑" for d in datasets) + " | avg | ID acc |"
-    lines = [head, "|" + "---|" * (len(datasets) + 4)]
+def _paper_section(suite: str, chosen: dict[str, pd.Series], ood: pd.DataFrame) -> list[str]:
+    head = ["## The paper beside us"]
+    if suite not in paper.PAPER_SUITES:
+        return head + [f"Suite `{suite}`: the paper's numbers (ViT-B/16 on ImageNet-1k, suites "
+                       f"{', '.join(paper.PAPER_SUITES)}) are not comparable, so none are shown.", ""]
+    ours = ood.merge(pd.DataFrame({"run_id": [r["run_id"] for r in chosen.values()], "method": list(chosen)}),
+                     on="run_id")
+    found = paper.comparison(suite, ours)
+    if found.empty:
+        return head + ["_No OoD set of ours matches the paper's names._", ""]
+    acc = [f"{md.LABEL[m]} {100 * r['id_accuracy']:.2f} vs {paper.ID_ACCURACY[m]:.2f}"
+           for m, r in chosen.items() if m in paper.ID_ACCURACY]
+    return head + ["Paper: Kim & Hwang, CVPR 2025, ViT-B/16 (../shared/reference/method.md); percent, "
+                   "ours − paper in percentage points.", "", md.paper_table(found), "",
+                   "ID accuracy, ours vs paper: " + "; ".join(acc) + ".", ""]
+
+
+def _seed_section(runs: pd.DataFrame, ood: pd.DataFrame, scores: list[str]) -> list[str]:
+    spread = stats.seed_spread(runs, ood, scores)
+    head = ["## Seeds"]
+    if spread.empty:
+        return head + ["Every setting was run with one seed, so the spread over training seeds is unknown: "
+                       "the intervals above cover test-sample noise only.", ""]
+    return head + ["Mean ± sample standard deviation (ddof = 1) over seeds of the same setting; "
+                   "FPR95 / AUROC averaged over OoD sets.", "", md.seed_table(spread), ""]
+
+
+def _projections(image, text) -> dict[str, tuple]:
+    img, txt, explained = gap.pca_2d(image, text)
+    along_img, along_txt = gap.gap_axis_2d(image, text)
+    return {"PCA": (img, txt, (f"PC1 ({100 * explained[0]:.0f}% var)", f"PC2 ({100 * explained[1]:.0f}% var)")),
+            "gap axis": (along_img, along_txt, ("gap direction", "top PC of the rest"))}
+
+
+def _gap_section(runs: pd.DataFrame, chosen: dict[str, pd.Series], png: Path) -> list[str]:
+    lines = ["## Modality gap (ID test set)",
+             "f_i: ID test image embeddings, t_k: class-prompt embeddings (both L2-normalised), y_i: the "
+             "class of image i. Pairwise measures use at most 2,000 images (seeded subsample).", ""]
+    lines += md.gap_definitions() + ["", md.gap_table(runs[runs["status"] == "finished"]), "",
+                                     "The paper's Table 4 uses unpublished definitions; these are ours.", ""]
+    panels, missing = {}, []
     for method, run in chosen.items():
-        for score in PAPER_SCORES:
-            rows = ood[(ood["run_id"] == run["run_id"]) & (ood["score"] == score)].set_index("dataset")
-            if rows.empty:
-                continue
-            cells = [f"{_pct(rows.loc[d, 'fpr95'])} / {_pct(rows.loc[d, 'auroc'])}" for d in datasets]
-            avg = f"{_pct(rows['fpr95'].mean())} / {_pct(rows['auroc'].mean())}"
-            lines.append(f"| {METHOD_LABEL[method]} | {score} | " + " | ".join(cells)
-                         + f" | {avg} | {_pct(run['id_accuracy'])} |")
-    return "\n".join(lines)
+        emb_dir = Path(run["run_dir"]) / "embeddings"
+        image, text = emb_dir / f"{run['id_test']}.pt", emb_dir / "text.pt"
+        if not (image.is_file() and text.is_file()):
+            missing.append(f"`{run['run_id']}` (no {image.name} and text.pt under {emb_dir})")
+            continue
+        panels[method] = _projections(evaluate.Embeddings.load(image).features.double().numpy(),
+                                      evaluate.TextSide.load(text).class_features.double().numpy())
+    if plots.gap_projection(panels, png):
+        lines += ["Top row: 2-D PCA of the ID test images and class prompts, fitted on both together (as the "
+                  "paper's figure). Bottom row: the gap direction (prompt centroid → image centroid) against the "
+                  "top principal axis of the rest, so the centroids sit `centroid_distance` apart horizontally. "
+                  "Arrows join the image centroid to the prompt centroid.", f"![modality gap]({png.name})", ""]
+    if missing:
+        lines += ["Projection skipped for " + "; ".join(missing) + ": the run directory is gone or predates "
+                  "saved text features.", ""]
+    return lines
 
 
-def trials_table(runs: pd.DataFrame, ood: pd.DataFrame) -> str:
-    lines = ["| run | method | lam | status | val objective | val ID acc | val AUROC | test ID acc "
-             "| NegLabel avg FPR95 / AUROC | train s | wall s |", "|" + "---|" * 11]
-    for _, run in runs.sort_values(["method", "lam", "run_id"]).iterrows():
-        neg = ood[(ood["run_id"] == run["run_id"]) & (ood["score"] == "neglabel")]
-        negcell = f"{_pct(neg['fpr95'].mean())} / {_pct(neg['auroc'].mean())}" if not neg.empty else "-"
-        fmt = lambda v, f="{:.3f}": "-" if pd.isna(v) else f.format(v)  # noqa: E731
-        lines.append(f"| {run['run_id']} | {run['method']} | {run['lam']:g} | {run['status']} "
-                     f"| {fmt(run['val_objective'])} | {fmt(run['val_id_accuracy'])} | {fmt(run['val_auroc'])} "
-                     f"| {fmt(run['id_accuracy'])} | {negcell} | {fmt(run['train_s'], '{:.0f}')} "
-                     f"| {fmt(run['wall_s'], '{:.0f}')} |")
-    return "\n".join(lines)
+def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFrame, out_md: Path,
+                    suffix: str, n_boot: int) -> list[str]:
+    runs = tables.runs[tables.runs["suite"] == suite]
+    ood = tables.ood[tables.ood["run_id"].isin(runs["run_id"])] if not tables.ood.empty else tables.ood
+    chosen = stats.select_runs(runs)
+    lines = ["## Main table (FPR95 ID-positive / AUROC, percent, 95% bootstrap CI)",
+             "FLYP is λ = 0; CMA is the λ > 0 run with the best validation objective (mean of ID-val accuracy "
+             "and OoD-val AUROC); test sets never enter the selection. ID accuracy: Wilson 95% interval.", "",
+             md.main_table(chosen, ci, ood, scores) if not ood.empty else "_no OoD metrics recorded_", ""]
+    lines += _paired_section(tables, chosen, scores, n_boot)
+    lines += _paper_section(suite, chosen, ood) + _seed_section(runs, ood, scores)
+    figures = out_md.parent / f"{out_md.stem}{suffix}"
+    if _lambda_plot(runs, ood, ci, scores, Path(f"{figures}-lambda.png")):
+        lines += ["## λ sweep (test sets, averaged, 95% CI)", f"![lambda sweep]({figures.name}-lambda.png)", ""]
+    arrays = _arrays(tables, chosen, scores)
+    if plots.score_histograms(arrays, Path(f"{figures}-scores.png")):
+        lines += ["## Score distributions, ID vs OoD", f"![score histograms]({figures.name}-scores.png)", ""]
+    if plots.roc_curves(arrays, Path(f"{figures}-roc.png")):
+        lines += ["## ROC curves (ID positive; dotted: 95% of ID accepted, where FPR95 is read)",
+                  f"![ROC curves]({figures.name}-roc.png)", ""]
+    return lines + _gap_section(runs, chosen, Path(f"{figures}-gap.png"))
 
 
-def plot_lambda_sweep(runs: pd.DataFrame, ood: pd.DataFrame, path: Path) -> bool:
-    trained = runs[(runs["status"] == "finished") & (runs["method"] != "zero-shot")]
-    if trained["lam"].nunique() < 2:
-        return False
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for score in PAPER_SCORES:
-        per = ood[ood["score"] == score].groupby("run_id")[["fpr95", "auroc"]].mean()
-        joined = trained.set_index("run_id").join(per, how="inner").sort_values("lam")
-        x = joined["lam"].where(joined["lam"] > 0, other=joined["lam"][joined["lam"] > 0].min() / 10)
-        axes[0].plot(x, 100 * joined["fpr95"], marker="o", label=score)
-        axes[1].plot(x, 100 * joined["auroc"], marker="o", label=score)
-    acc = trained.sort_values("lam")
-    axes[2].plot(acc["lam"].where(acc["lam"] > 0, other=acc["lam"][acc["lam"] > 0].min() / 10),
-                 100 * acc["id_accuracy"], marker="o", color="k")
-    for ax, title in zip(axes, ("avg FPR95 (%) ↓", "avg AUROC (%) ↑", "ID accuracy (%)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("CMA weight λ (λ=0 drawn at the left edge)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+def _common_sections(tables: Tables, out_md: Path) -> list[str]:
+    lines = []
+    labels = {r["run_id"]: f"{md.LABEL.get(r['method'], r['method'])} λ={r['lam']:g} seed {r['seed']}"
+              for _, r in md.by_method(tables.runs).iterrows()}
+    png = out_md.parent / f"{out_md.stem}-training.png"
+    if plots.training_curves(tables.epochs, labels, png):
+        lines += ["## Training curves (validation sets)", f"![training curves]({png.name})", ""]
+    per_run, per_sweep = stats.cost(tables.runs)
+    lines += ["## Cost", "accelerator-hours = the run's wall hours × accelerators it held (workers × GPUs per "
+              "worker on a GPU; 0 on CPU, so a CPU-only demo costs 0 accelerator-hours). A run's wall time "
+              "runs from building the model to its saved checkpoint: Ray start-up and queueing are not in it.",
+              ""] + md.cost_tables(per_run, per_sweep) + [""]
+    return lines + ["## Every run", md.trials_table(tables.runs, tables.ood), ""]
 
 
-def _log_odds(values: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1] that saturate (NegLabel at T = 0.01) are readable as log-odds."""
-    clipped = np.clip(values, 1e-12, 1 - 1e-12)
-    return np.log(clipped) - np.log1p(-clipped)
+def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD detection report", notes: str = "",
+          filters: Filters | None = None, n_boot: int = N_BOOT, run_sections: Path | None = None) -> Path:
+    """Write ``out_md`` and its PNGs (beside it) from the tables in ``results_dirs``.
 
-
-def plot_histograms(chosen: dict[str, pd.Series], samples: pd.DataFrame, id_dataset: str, path: Path) -> bool:
-    if samples.empty:
-        return False
-    methods = list(chosen)
-    fig, axes = plt.subplots(len(PAPER_SCORES), len(methods), figsize=(4 * len(methods), 3 * len(PAPER_SCORES)),
-                             squeeze=False)
-    for col, method in enumerate(methods):
-        mine = samples[samples["run_id"] == chosen[method]["run_id"]]
-        for row, score in enumerate(PAPER_SCORES):
-            ax = axes[row][col]
-            values = mine[mine["score"] == score]
-            if values.empty:
-                continue
-            transformed = _log_odds(values["value"].to_numpy())
-            bins = np.linspace(transformed.min(), transformed.max(), 41)  # shared bins: comparable bars
-            for dataset in sorted(values["dataset"].unique()):
-                ax.hist(transformed[(values["dataset"] == dataset).to_numpy()], bins=bins, alpha=0.5, density=True,
-                        label=f"{dataset} (ID)" if dataset == id_dataset else dataset)
-            ax.set_title(f"{METHOD_LABEL[method]} · {score}")
-            ax.set_xlabel("log-odds of the score")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
-
-
-def write(results_dir: Path, out_md: Path, title: str = "OoD detection report", notes: str = "") -> Path:
-    """Write ``out_md`` and its PNGs (beside it) from the tables in ``results_dir``."""
-    runs = results.read(results_dir, results.RUNS)
-    if runs.empty:
-        raise FileNotFoundError(f"no runs recorded in {results_dir} (expected {results.RUNS}.parquet)")
-    ood = results.read(results_dir, results.OOD)
-    samples = results.read(results_dir, results.SAMPLES)
-    chosen = select_runs(runs)
+    With ``run_sections``, also write ``<run_sections>/<run_id>/report.md``, each run's own section.
+    """
+    dirs = [results_dirs] if isinstance(results_dirs, Path) else list(results_dirs)
+    filters = filters or Filters()
+    tables = stats.apply(stats.load(dirs), filters)
+    if tables.runs.empty:
+        raise stats.NothingToReport(f"no runs left after the filters ({filters.describe()})")
+    ci = stats.intervals(tables, tables.runs, n_boot)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    stem = out_md.stem
-    sections = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')} from `{results_dir.name}/*.parquet`._", ""]
+    scores, suites = _scores(tables, filters), sorted(tables.runs["suite"].unique())
+    sources = ", ".join(f"`{stats.results_dir(Path(d))}`" for d in dirs)
+    sections = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')}._", "",
+                f"Read {sources}: {len(tables.runs)} runs, suites {', '.join(suites)}; filters: "
+                f"{filters.describe()}. Intervals: 95% percentile bootstrap, {n_boot} replicates (seed 0), "
+                "resampling the ID and OoD test samples (one ID draw shared by the OoD sets of a replicate, so "
+                "the average over sets has an interval too). They cover test-sample noise, not training seeds.", ""]
     if notes:
         sections += [notes, ""]
-    sections += ["## Main table (FPR95 ID-positive / AUROC, percent)",
-                 "CMA is the λ > 0 trial with the best validation objective "
-                 "(mean of ID-val accuracy and OoD-val AUROC); test sets never enter the selection.", "",
-                 paper_table(chosen, ood) if not ood.empty else "_no OoD metrics recorded_", ""]
-    sweep_png = out_md.parent / f"{stem}-lambda.png"
-    if plot_lambda_sweep(runs, ood, sweep_png):
-        sections += ["## λ sweep (test sets, averaged)", f"![lambda sweep]({sweep_png.name})", ""]
-    hist_png = out_md.parent / f"{stem}-scores.png"
-    id_dataset = _id_dataset(samples, ood)
-    if plot_histograms(chosen, samples, id_dataset, hist_png):
-        sections += ["## Score distributions, ID vs OoD", f"![score histograms]({hist_png.name})", ""]
-    sections += ["## Every run", trials_table(runs, ood), "",
-                 "## Modality gap (ID test set)",
-                 "centroid distance = ‖mean image embedding − mean class-prompt embedding‖; "
-                 "pair cosine = mean cosine of an image with its own class prompt.", "",
-                 _gap_table(chosen), ""]
+    for suite in suites:
+        suffix = f"-{suite}" if len(suites) > 1 else ""
+        sections += ([f"# Suite {suite}", ""] if len(suites) > 1 else [])
+        sections += _suite_sections(tables, suite, scores, ci, out_md, suffix, n_boot)
+    sections += _common_sections(tables, out_md)
     out_md.write_text("\n".join(sections))
+    if run_sections is not None:
+        _write_run_sections(tables, ci, run_sections)
     return out_md
 
 
-def _id_dataset(samples: pd.DataFrame, ood: pd.DataFrame) -> str:
-    if samples.empty:
-        return ""
-    ood_sets = set(ood["dataset"]) if not ood.empty else set()
-    rest = sorted(set(samples["dataset"]) - ood_sets)
-    return rest[0] if rest else ""
-
-
-def _gap_table(chosen: dict[str, pd.Series]) -> str:
-    lines = ["| method | centroid distance | pair cosine |", "|---|---|---|"]
-    for method, run in chosen.items():
-        lines.append(f"| {METHOD_LABEL[method]} | {run['gap_centroid_distance']:.3f} | {run['gap_pair_cosine']:.3f} |")
-    return "\n".join(lines)
+def _write_run_sections(tables: Tables, ci: pd.DataFrame, root: Path) -> None:
+    per_run, _ = stats.cost(tables.runs)
+    hours = per_run.set_index("run_id")["accelerator_h"]
+    for _, run in tables.runs.iterrows():
+        path = root / run["run_id"] / "report.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(md.run_section(run, ci, tables.ood, float(hours[run["run_id"]])))

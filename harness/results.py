@@ -5,7 +5,8 @@ Tables (one file each in a results directory, every row carrying ``schema_versio
 - ``runs.parquet``: one row per run: config, status, timings, validation metrics, ID accuracy.
 - ``ood_metrics.parquet``: one row per run x score x OoD test set, every metric of harness.metrics.
 - ``epochs.parquet``: one row per run x epoch (training curves).
-- ``sample_scores.parquet``: one row per run x dataset x score x sample (for histograms and bootstraps).
+- ``sample_scores.parquet``: one row per run x dataset x score x sample (for histograms and bootstraps),
+  with the sample's ``key`` so that two runs can be paired sample by sample.
 
 Every table is keyed by ``run_id``: recording a run replaces all of its earlier rows,
 so re-running never duplicates. Writes hold a lock file and go through temp + rename,
@@ -25,9 +26,11 @@ from typing import Iterator
 import pandas as pd
 import torch
 
+from harness import gap, paper
 from harness.config import Config
 
-SCHEMA_VERSION = 1
+# 2: runs gained suite, device and every gap_* measure; sample_scores gained key.
+SCHEMA_VERSION = 2
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
 
@@ -76,13 +79,14 @@ def upsert(results_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
 
 def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: str, error: str | None) -> dict:
     summary = summary or {}
-    gap = summary.get("gap", {})
+    gaps = summary.get("gap", {})
     row = {
         "run_id": run_id, "sweep": sweep, "name": cfg.name, "method": cfg.method(), "status": status,
-        "error": error, "lam": cfg.loss.lam, "lr": cfg.optim.lr, "epochs": cfg.schedule.epochs, "seed": cfg.seed,
-        "arch": cfg.model.arch, "world_size": summary.get("world_size"), "global_batch": summary.get("global_batch"),
-        "steps_per_epoch": summary.get("steps_per_epoch"),
-        "gap_centroid_distance": gap.get("centroid_distance"), "gap_pair_cosine": gap.get("pair_cosine"),
+        "error": error, "suite": paper.suite_of(cfg.data.source, cfg.data.ood_test),
+        "lam": cfg.loss.lam, "lr": cfg.optim.lr, "epochs": cfg.schedule.epochs, "seed": cfg.seed,
+        "arch": cfg.model.arch, "world_size": summary.get("world_size"), "device": summary.get("device"),
+        "global_batch": summary.get("global_batch"), "steps_per_epoch": summary.get("steps_per_epoch"),
+        **{f"gap_{name}": gaps.get(name) for name in gap.MEASURES},
         "num_negatives": summary.get("num_negatives"), "checkpoint": summary.get("checkpoint"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
@@ -106,8 +110,18 @@ def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary:
     upsert(results_dir, tables)
 
 
-def _sample_scores(run_id: str, scores: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
-    frames = [pd.DataFrame({"run_id": run_id, "dataset": dataset, "score": score,
+def _sample_scores(run_id: str, saved: dict) -> pd.DataFrame:
+    """Rows of one run's ``scores.pt``: {"keys": {dataset: [key]}, "scores": {dataset: {score: tensor}}}.
+
+    Files written before keys were saved ({dataset: {score: tensor}}) get ``#<position>``
+    keys: the eval read order is deterministic, so positions still pair runs of one dataset.
+    """
+    if set(saved) == {"keys", "scores"}:
+        keys, scores = saved["keys"], saved["scores"]
+    else:
+        scores = saved
+        keys = {d: [f"#{i}" for i in range(len(next(iter(s.values()))))] for d, s in scores.items()}
+    frames = [pd.DataFrame({"run_id": run_id, "dataset": dataset, "score": score, "key": list(keys[dataset]),
                             "value": values.double().numpy()})
               for dataset, by_score in scores.items() for score, values in by_score.items()]
     return pd.concat(frames, ignore_index=True)

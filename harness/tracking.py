@@ -1,4 +1,5 @@
-"""MLflow logging: one parent run per sweep, one child run per trial, from the driver only.
+"""MLflow logging: one parent run per sweep (with the report), one child run per trial (with its
+own report section), from the driver only.
 
 SQLite does not take concurrent writers well, so workers never log; the driver
 logs after the runs finish, from the same summaries that go into Parquet. A run
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from harness import config as config_mod
 from harness.config import Config
@@ -47,9 +49,13 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def log_sweep(cfg: Config, out: Path, sweep_name: str, records: list[Record],
-              artifacts: list[Path] = ()) -> str:
-    """Log a parent run with one child per record; returns the tracking URI used."""
+def log_sweep(cfg: Config, out: Path, sweep_name: str, records: list[Record], artifacts: Sequence[Path] = (),
+              run_artifacts: Mapping[str, Sequence[Path]] | None = None) -> str:
+    """Log a parent run with one child per record; returns the tracking URI used.
+
+    ``artifacts`` go on the parent run; ``run_artifacts[run_id]`` on that run's child (files
+    that do not exist are skipped: a failed run may have no report section).
+    """
     import mlflow  # heavy import, only where tracking happens
     from mlflow.tracking import MlflowClient
 
@@ -62,13 +68,13 @@ def log_sweep(cfg: Config, out: Path, sweep_name: str, records: list[Record],
                           tags={RUN_ID_TAG: sweep_name, "harness.kind": "sweep"}):
         mlflow.log_params({f"search.{k}": str(v.model_dump(exclude_none=True)) for k, v in cfg.search.space.items()})
         for record in records:
-            _log_child(experiment_id, record)
+            _log_child(experiment_id, record, (run_artifacts or {}).get(record.run_id, ()))
         for path in artifacts:
             mlflow.log_artifact(str(path))
     return uri
 
 
-def _log_child(experiment_id: str, record: Record) -> None:
+def _log_child(experiment_id: str, record: Record, artifacts: Sequence[Path] = ()) -> None:
     import mlflow
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=record.run_id, nested=True,
@@ -82,6 +88,9 @@ def _log_child(experiment_id: str, record: Record) -> None:
             mlflow.log_metrics(final_metrics(record.summary))
             if record.summary.get("checkpoint"):
                 mlflow.set_tag("checkpoint", record.summary["checkpoint"])
+        for path in artifacts:
+            if Path(path).is_file():
+                mlflow.log_artifact(str(path))
 
 
 def _delete_previous(client, experiment_id: str, run_ids: list[str]) -> None:

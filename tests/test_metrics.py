@@ -156,3 +156,17 @@ def test_accuracy_errors():
         accuracy(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError):
         accuracy(np.zeros((0, 3)), np.zeros(0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_curve_matches_sklearn_and_its_area_is_the_auroc(seed):
+    from harness.metrics import roc_curve as our_roc
+
+    rng = np.random.default_rng(seed)
+    ids, oods = np.round(rng.normal(1, 1, 40), 1), np.round(rng.normal(0, 1, 30), 1)  # rounded: ties
+    fpr, tpr = our_roc(ids, oods)
+    y = np.r_[np.ones(len(ids)), np.zeros(len(oods))]
+    sk_fpr, sk_tpr, _ = roc_curve(y, np.r_[ids, oods], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(ood_metrics(ids, oods)["auroc"], abs=1e-12)

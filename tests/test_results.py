@@ -1,8 +1,10 @@
 import multiprocessing as mp
 
 import pandas as pd
+import pytest
+import torch
 
-from harness import config, results
+from harness import config, gap, results
 
 
 def summary(acc):
@@ -63,3 +65,24 @@ def test_a_crash_mid_write_leaves_the_previous_table(tmp_path, monkeypatch):
         pass
     monkeypatch.undo()
     assert list(results.read(tmp_path, results.RUNS)["run_id"]) == ["r1"]
+
+
+def test_sample_scores_carry_keys_and_old_files_get_positions(tmp_path):
+    cfg = config.load(None)
+    values = {"id_test": {"mcm": torch.tensor([0.9, 0.8])}, "near": {"mcm": torch.tensor([0.1, 0.2, 0.3])}}
+    new_dir, old_dir = tmp_path / "new", tmp_path / "old"
+    new_dir.mkdir(), old_dir.mkdir()
+    torch.save({"keys": {"id_test": ["a", "b"], "near": ["x", "y", "z"]}, "scores": values}, new_dir / "scores.pt")
+    torch.save(values, old_dir / "scores.pt")  # written before keys were saved
+    results.record_run(tmp_path / "res", "new", "s", cfg, summary(0.5), run_dir=new_dir)
+    results.record_run(tmp_path / "res", "old", "s", cfg, summary(0.5), run_dir=old_dir)
+    samples = results.read(tmp_path / "res", results.SAMPLES).set_index("run_id")
+    assert list(samples.loc["new", "key"]) == ["a", "b", "x", "y", "z"]
+    assert list(samples.loc["old", "key"]) == ["#0", "#1", "#0", "#1", "#2"]
+    assert list(samples.loc["new", "value"]) == pytest.approx([0.9, 0.8, 0.1, 0.2, 0.3])
+
+
+def test_run_row_has_suite_and_every_gap_measure():
+    row = results.run_row("r", "s", config.load(None), {"gap": {"pair_cosine": 0.5}, "device": "cpu"}, "finished", None)
+    assert row["suite"] == "synthetic" and row["device"] == "cpu" and row["gap_pair_cosine"] == 0.5
+    assert all(f"gap_{m}" in row for m in gap.MEASURES) and row["gap_uniform_cross"] is None
