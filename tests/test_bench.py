@@ -1,0 +1,134 @@
+"""harness bench: every benchmark runs at smoke size through the CLI and writes its table.
+
+No timing threshold is asserted here: the figures of a smoke run on a shared CI
+machine mean nothing; only the table's shape, the verdict logic and the markdown do.
+"""
+
+import math
+
+import open_clip
+import pandas as pd
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness import cli
+from harness.bench import common, gpu_step, run, table
+
+SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
+            "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step"}
+
+
+@pytest.fixture
+def bench_world(world, monkeypatch):
+    """Point the bench's smoke world at the session's small world (same spec) instead of generating another."""
+    (world.parent / "synthetic-bench-smoke").unlink(missing_ok=True)
+    (world.parent / "synthetic-bench-smoke").symlink_to(world, target_is_directory=True)
+    return world
+
+
+def _bench(tmp_path, names: list[str]) -> pd.DataFrame:
+    argv = ["bench", "--smoke", "--out", str(tmp_path)] + [a for name in names for a in ("--only", name)]
+    assert cli.main(argv) == 0
+    df = pd.read_parquet(tmp_path / "bench.parquet")
+    assert tuple(df.columns) == table.COLUMNS
+    assert set(df["bench"]) == set(names)
+    text = (tmp_path / "bench.md").read_text()
+    assert "torch " + torch.__version__ in text and "CPUs" in text  # the machine is stated
+    for name in names:
+        assert f"| {SECTIONS[name]} |" in text and f"### {SECTIONS[name]}" in text
+    for row in df.itertuples():
+        assert row.figure and row.unit is not None
+        if row.goal and not pd.isna(row.met):  # a verdict is exactly the goal applied to the ratio
+            assert row.met == table.goal_met(row.ratio, row.goal)
+    return df
+
+
+def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
+    names = [n for n in run.BENCHMARKS if n != "ray"]
+    df = _bench(tmp_path, names)
+    assert len(df[df.bench == "pipeline"]) == 6 and len(df[df.bench == "eval"]) == 3
+    assert (df[df.bench != "gpu"]["value"] > 0).all()
+    gpu = df[df.bench == "gpu"].iloc[0]
+    if not torch.cuda.is_available():
+        assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
+    metrics_row = df[df.bench == "metrics"].iloc[0]
+    assert metrics_row.note.startswith("values equal")
+
+
+@pytest.mark.slow
+def test_bench_smoke_ray(tmp_path, bench_world):
+    df = _bench(tmp_path, ["ray"])
+    assert list(df["unit"]) == ["samples/s", "s"] and (df["value"] > 0).all()
+
+
+def test_bench_rejects_unknown_names(tmp_path, capsys):
+    assert cli.main(["bench", "--only", "pipeline", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "bench.parquet").exists()
+
+
+@pytest.mark.parametrize("ratio,goal,met", [(0.95, ">= 0.9", True), (0.9, ">= 0.9", True), (0.89, ">= 0.9", False),
+                                            (1.1, "<= 1.1", True), (1.2, "<= 1.1", False),
+                                            (math.nan, ">= 0.5", None), (math.inf, "<= 1.1", None)])
+def test_goal_met(ratio, goal, met):
+    assert table.goal_met(ratio, goal) is met
+
+
+def test_goal_met_rejects_other_operators():
+    with pytest.raises(ValueError, match="goal"):
+        table.goal_met(1.0, "> 1")
+
+
+def test_row_takes_its_verdict_from_the_goal():
+    assert table.Row("x", "f", 1.0, "s", ratio=2.0, goal=">= 1").met is True
+    assert table.Row("x", "f", 1.0, "s", ratio=2.0).met is None
+    assert table.Row("x", "f", math.nan, "", goal=">= 0.4").met is None  # skipped
+
+
+def test_interleaved_alternates_and_takes_the_median():
+    calls, values = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([10.0, 30.0, 20.0])}
+
+    def candidate(name):
+        def call():
+            calls.append(name)
+            return next(values[name])
+        return call
+
+    assert common.interleaved({"a": candidate("a"), "b": candidate("b")}, reps=3) == {"a": 2.0, "b": 20.0}
+    assert calls == ["a", "b"] * 3
+
+
+def test_forward_flops_match_torch_flop_counter():
+    # torch's FlopCounterMode counts every matmul and convolution but (on CPU) not the fused
+    # attention kernel, so the analytic count minus its attention term must match it exactly.
+    cfg = open_clip.get_model_config(common.ARCH)
+    batch = 3
+    model = open_clip.create_model(common.ARCH, pretrained=None, output_dict=True)
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    images = torch.randn(batch, 3, vision["image_size"], vision["image_size"])
+    tokens = torch.randint(1, 100, (batch, text["context_length"]))
+    with FlopCounterMode(display=False) as counter:
+        out = model(images, tokens)
+        out["image_features"] @ out["text_features"].T
+    n_image = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    attention = 4 * batch * (n_image**2 * vision["width"] * vision["layers"]
+                             + text["context_length"] ** 2 * text["width"] * text["layers"])
+    assert gpu_step.forward_flops(cfg, batch) - attention == counter.get_total_flops()
+
+
+def test_forward_flops_of_vit_b_16():
+    # open_clip's own profile of ViT-B-16 lists 41.09 GFLOPs per image-text pair.
+    assert gpu_step.forward_flops(open_clip.get_model_config("ViT-B-16"), 1) == pytest.approx(41.09e9, rel=1e-3)
+
+
+def test_gpu_step_runs_on_cpu():
+    # The GPU script's step, on the CPU model for a step: proves the code path without a GPU.
+    result = gpu_step.measure(common.ARCH, batch=4, steps=1, warmup=1, device="cpu", precision="fp32")
+    assert result["steps"] == 1 and result["images_per_s"] > 0 and math.isnan(result["mfu"])
+
+
+def test_peak_flops_by_device_name():
+    assert gpu_step.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_step.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_step.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert math.isnan(gpu_step.peak_flops("some other card"))
