@@ -20,6 +20,10 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<name>)")
     parser.add_argument("--address", default=None,
                         help="address of an existing Ray cluster (default: start a local one)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="data-parallel workers per run (shortcut for --set resources.num_workers=N)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                        help="GPUs per worker; > 0 turns on resources.use_gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
     _common(sub.add_parser("demo", help="the whole benchmark on the embedded synthetic data"), needs_config=False)
-    rep = sub.add_parser("report", help="markdown report + plots from a results directory")
-    rep.add_argument("results_dir", type=Path, help="an --out directory, or its results/ subdirectory")
-    rep.add_argument("--output", type=Path, default=None, help="markdown file (default: <out>/report.md)")
+    rep = sub.add_parser("report", help="markdown report + plots from one or more results directories")
+    rep.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR",
+                     help="an --out directory, or its results/ subdirectory (several: one report over all)")
+    rep.add_argument("--output", type=Path, default=None,
+                     help="markdown file (default with one DIR: <out>/report.md; required with several)")
+    rep.add_argument("--method", action="append", default=[], choices=("zero-shot", "flyp", "cma"),
+                     help="keep only this method's runs (repeatable)")
+    rep.add_argument("--score", action="append", default=[], help="keep only this score, e.g. neglabel (repeatable)")
+    rep.add_argument("--suite", action="append", default=[], help="keep only this suite, e.g. mos (repeatable)")
+    rep.add_argument("--tag", action="append", default=[], help="keep runs whose name or sweep is TAG (repeatable)")
+    rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates per interval (default 1000)")
+    bench = sub.add_parser("bench", help="performance benchmarks: a table, bench.parquet and bench.md")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default runs/bench)")
+    bench.add_argument("--only", action="append", default=[], metavar="NAME",
+                       help="run only this benchmark (repeatable): pipeline, ray, eval, metrics, memory, gpu")
+    bench.add_argument("--smoke", action="store_true", help="tiny sizes, seconds per benchmark (CI)")
+    bench.add_argument("--full", action="store_true", help="the issue's full problem sizes (slow on a CPU)")
     return parser
 
 
@@ -39,19 +57,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "report":
             return _report(args)
-        cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config, args.overrides)
-    except (config_mod.ConfigError, FileNotFoundError) as err:
+        if args.command == "bench":
+            return _bench(args)
+        cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
+                              args.overrides + _resource_overrides(args))
+    except (config_mod.ConfigError, FileNotFoundError, UsageError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
     out = (args.out or Path("runs") / cfg.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from harness import driver  # heavy imports (torch, ray) only once the input is valid
 
+    from harness.ray_layer import ResourceError, SweepInterrupted
+
     timer = driver.Timer()
-    if args.command == "train":
-        records = driver.train(cfg, out, args.address, timer)
-    else:
-        records = driver.sweep(cfg, out, args.address, timer)
+    try:
+        if args.command == "train":
+            records = driver.train(cfg, out, args.address, timer)
+        else:
+            records = driver.sweep(cfg, out, args.address, timer)
+    except ResourceError as err:
+        print(f"harness {args.command}: {err}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as err:
+        print(f"harness {args.command}: {err}", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
     kind = "train" if args.command == "train" else "sweep"
     md, uri = driver.finish(cfg, out, f"{cfg.name}-{kind}", records, timer, notes=_notes(timer))
     print("\nwhere the time went:\n" + timer.table())
@@ -59,21 +89,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet\n"
           f"mlflow store:  {uri}\nmlflow UI:     mlflow ui --backend-store-uri {uri} "
           f"--port 5000   (then open http://127.0.0.1:5000)")
-    return 0 if all(r.status == "finished" for r in records) else 1
+    return 0 if all(r.status in ("finished", "stopped") for r in records) else 1
+
+
+def _resource_overrides(args) -> list[str]:
+    out = []
+    if args.workers is not None:
+        out.append(f"resources.num_workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        out += [f"resources.use_gpu={'true' if args.gpus_per_worker > 0 else 'false'}",
+                f"resources.gpus_per_worker={args.gpus_per_worker}"]
+    return out
 
 
 def _notes(timer) -> str:
     return "## Where the time went (before this report)\n" + timer.table()
 
 
+class UsageError(ValueError):
+    """Arguments that parse but cannot be used together (reported like a bad config)."""
+
+
 def _report(args) -> int:
     from harness import report
+    from harness.report_stats import Filters, NothingToReport, results_dir
 
-    results_dir = args.results_dir / "results" if (args.results_dir / "results").is_dir() else args.results_dir
-    output = args.output or results_dir.parent / "report.md"
-    timings = results_dir.parent / "timings.md"  # written by train / sweep / demo
-    notes = "## Where the time went\n" + timings.read_text() if timings.is_file() else ""
-    print(report.write(results_dir, output, notes=notes))
+    if len(args.results_dirs) > 1 and args.output is None:
+        raise UsageError("--output is required when reporting over several directories")
+    if args.n_boot < 1:
+        raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
+    first = results_dir(args.results_dirs[0])
+    output = args.output or first.parent / "report.md"
+    timings = first.parent / "timings.md"  # written by train / sweep / demo; shown for one directory only
+    one = len(args.results_dirs) == 1
+    notes = "## Where the time went\n" + timings.read_text() if one and timings.is_file() else ""
+    filters = Filters(tuple(args.method), tuple(args.score), tuple(args.suite), tuple(args.tag))
+    try:
+        print(report.write(args.results_dirs, output, notes=notes, filters=filters, n_boot=args.n_boot))
+    except NothingToReport as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _bench(args) -> int:
+    from harness.bench import run
+
+    if args.smoke and args.full:
+        raise UsageError("--smoke and --full exclude each other")
+    try:
+        names = run.select(args.only)
+    except run.UnknownBenchmarkError as err:
+        raise UsageError(str(err)) from None
+    out = args.out.resolve()
+    run.run(out, names, smoke=args.smoke, full=args.full)
+    print(f"\n{(out / 'bench.md').read_text()}\nparquet:  {out / 'bench.parquet'}\nmarkdown: {out / 'bench.md'}")
     return 0
 
 

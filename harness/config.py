@@ -84,6 +84,14 @@ class ScheduleConfig(_Section):
     """0 evaluates the starting weights (the zero-shot baseline)."""
     warmup_steps: int = Field(20, ge=0)
     """Linear warm-up, then cosine decay to 0, stepped per iteration."""
+    accumulation: int = Field(1, ge=1)
+    """Micro-batches per optimiser step: global batch = data.batch_size x workers x accumulation.
+    The contrastive negatives of each micro-batch are its own (workers x data.batch_size)."""
+    checkpoint_every: int = Field(1, ge=0)
+    """Epochs between resumable training checkpoints (0: only the final model)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    """Worker failures a run survives, each time resuming from its last checkpoint."""
 
 
 class EvalConfig(_Section):
@@ -125,6 +133,8 @@ class ResourcesConfig(_Section):
     """Data-parallel Ray Train workers per run."""
     cpus_per_worker: int = Field(1, ge=1)
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, ge=0)
+    """Used only with use_gpu."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None: as many as the cluster's CPUs allow."""
 
@@ -146,13 +156,26 @@ class ParamSpace(_Section):
 
 
 class SearchConfig(_Section):
-    algorithm: Literal["grid", "random"] = "grid"
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1)
-    """Random: number of trials; grid: repeats of the whole grid."""
+    """Random / optuna: number of trials; grid: repeats of the whole grid."""
+    scheduler: Literal["none", "asha"] = "none"
+    """asha: stop weak trials early (at epochs grace_period, x reduction_factor, ...)."""
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
     space: dict[str, ParamSpace] = Field(default_factory=dict)
     """Dotted config keys (e.g. loss.lam) -> their distribution."""
     metric: Literal["val_objective", "val_auroc", "val_fpr95", "val_id_accuracy"] = "val_objective"
     mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="after")
+    def _algorithm_fits_space(self) -> "SearchConfig":
+        grids = [k for k, v in self.space.items() if v.grid is not None]
+        if self.algorithm == "optuna" and grids:
+            raise ValueError(f"algorithm optuna samples its space: use choice instead of grid for {grids}")
+        if self.algorithm == "random" and grids and len(grids) == len(self.space):
+            raise ValueError("algorithm random needs at least one sampled parameter (choice, uniform, loguniform)")
+        return self
 
 
 class Config(_Section):

@@ -6,6 +6,7 @@ run directories.
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +43,10 @@ def results_dir(out: Path) -> Path:
     return out / "results"
 
 
-def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str | None) -> tracking.Record:
+def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str | None,
+            status: str | None = None) -> tracking.Record:
     rid = ray_layer.run_id(cfg)
-    status = "finished" if summary else "failed"
+    status = status or ("finished" if summary else "failed")
     results.record_run(results_dir(out), rid, sweep, cfg, summary, status, error, run_dir=out / "runs" / rid)
     return tracking.Record(rid, cfg, summary, status)
 
@@ -53,6 +55,10 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tra
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
     base = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"epochs": 0})})
     paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
+    done = paths.run_dir / "result.json"
+    if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already
+        print(f"zero-shot baseline: reusing {done}")
+        return _record(out, sweep, base, json.loads(done.read_text()), None)
     summary = runner.run(base, paths, RunContext())
     return _record(out, sweep, base, summary, None)
 
@@ -62,6 +68,7 @@ def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tra
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("start Ray"):
         ray_layer.init(address)
+        ray_layer.check_fits(cfg)
     with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
         try:
             summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
@@ -82,18 +89,29 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tra
         records = [zero_shot(cfg, inputs, out, f"{cfg.name}-sweep")]
     with timer.stage("start Ray"):
         ray_layer.init(address)
+        ray_layer.check_fits(cfg)
     with timer.stage(f"Ray Tune sweep over {', '.join(cfg.search.space)}"):
-        for trial_cfg, summary, error in ray_layer.sweep(cfg, inputs, out):
-            records.append(_record(out, f"{cfg.name}-sweep", trial_cfg, summary, error))
+        try:
+            outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log)
+        except ray_layer.SweepInterrupted as stop:  # keep what ended, then let the caller exit
+            for trial_cfg, summary, status, error in stop.outcomes:
+                if summary is not None:
+                    _record(out, f"{cfg.name}-sweep", trial_cfg, summary, error, status)
+            raise
+        for trial_cfg, summary, status, error in outcomes:
+            records.append(_record(out, f"{cfg.name}-sweep", trial_cfg, summary, error, status))
     return records
 
 
 def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], timer: Timer,
            notes: str = "") -> tuple[Path, str]:
-    """Report from Parquet, then log everything (with the report) to MLflow."""
+    """Report from Parquet (with each run's own section in runs/<run_id>/report.md), then log
+    everything to MLflow: the report on the sweep's run, each section on its run's."""
     with timer.stage("report"):
-        md = report.write(results_dir(out), out / "report.md", title=f"{name}: OoD detection report", notes=notes)
+        md = report.write(results_dir(out), out / "report.md", title=f"{name}: OoD detection report", notes=notes,
+                          run_sections=out / "runs")
     with timer.stage("log to MLflow"):
         artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
-        uri = tracking.log_sweep(cfg, out, name, records, artifacts)
+        sections = {r.run_id: [out / "runs" / r.run_id / "report.md"] for r in records}
+        uri = tracking.log_sweep(cfg, out, name, records, artifacts, run_artifacts=sections)
     return md, uri

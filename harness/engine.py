@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -33,6 +33,10 @@ class RunContext:
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
     """All-gather with gradients to the local part; None on one process."""
+    restore: Callable[[], dict | None] = lambda: None
+    """The latest training state reported with a checkpoint (after a restart), or None."""
+    gather_objects: Callable[[object], list] | None = None
+    """All-gather of a picklable object from every rank (a list in rank order); None on one process."""
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -58,37 +62,47 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def train_step(model: torch.nn.Module, batch: tuple, loss_fn: CMALoss, optimizer: torch.optim.Optimizer,
+def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALoss, optimizer: torch.optim.Optimizer,
                scheduler, device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """One optimiser step on (images, tokens, labels); returns the loss and its parts."""
-    images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+    """One optimiser step over ``batches`` (micro-batches of (images, tokens, labels), gradients
+    accumulated); returns the mean loss and its parts."""
     model.train()
-    with autocast(device, precision):
-        out = model(images, tokens)
-        loss, parts = loss_fn.with_parts(out["image_features"].float(), out["text_features"].float(),
-                                         out["logit_scale"].float())
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    totals: dict[str, float] = {}
+    for index, batch in enumerate(batches):
+        images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        last = index == len(batches) - 1
+        # DDP all-reduces on every backward; only the last micro-batch needs it.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, precision):
+                out = model(images, tokens)
+            loss, parts = loss_fn.with_parts(out["image_features"].float(), out["text_features"].float(),
+                                             out["logit_scale"].float())
+            (loss / len(batches)).backward()
+        for key, value in {"loss": loss, **parts}.items():
+            totals[key] = totals.get(key, 0.0) + value.item() / len(batches)
     optimizer.step()
     scheduler.step()
     with torch.no_grad():  # CLIP clamps the learnable temperature at 100
         unwrap(model).logit_scale.clamp_(0, math.log(100))
-    return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+    return totals
 
 
 def train_epoch(model, batches: Iterator, steps: int, loss_fn: CMALoss, optimizer, scheduler,
-                ctx: RunContext, precision: str = "fp32", log_every: int = 0,
+                ctx: RunContext, precision: str = "fp32", accumulation: int = 1, log_every: int = 0,
                 log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run exactly ``steps`` steps from ``batches``; returns mean loss parts and throughput."""
+    """Run exactly ``steps`` optimiser steps of ``accumulation`` micro-batches each from ``batches``;
+    returns mean loss parts and throughput (samples/s on this worker and in total)."""
     totals: dict[str, float] = {}
     samples = 0
     start = time.perf_counter()
     for step in range(steps):
-        batch = next(batches)
-        parts = train_step(model, batch, loss_fn, optimizer, scheduler, ctx.device, precision)
+        micro = [next(batches) for _ in range(accumulation)]
+        parts = train_step(model, micro, loss_fn, optimizer, scheduler, ctx.device, precision)
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value
-        samples += len(batch[0])
+        samples += sum(len(b[0]) for b in micro)
         if not math.isfinite(parts["loss"]):
             raise FloatingPointError(f"non-finite loss {parts['loss']} at step {step}")
         if log_every and (step + 1) % log_every == 0:

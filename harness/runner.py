@@ -5,8 +5,9 @@ body of a Ray Train worker and also runs alone in a test. Rank 0 writes the
 run's outputs into ``run_dir``:
 
 - ``checkpoint/model.pt``: the final weights (state dict, loads with weights_only=True)
-- ``embeddings/<dataset>.pt``: the test-set embedding cache
-- ``scores.pt``: per-sample scores {dataset: {score: tensor}}
+- ``embeddings/<dataset>.pt``: the test-set embedding cache; ``embeddings/text.pt``: the
+  class-prompt and negative-label features (evaluate.TextSide)
+- ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
 - ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings)
 """
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from harness import engine, evaluate, models
+from harness import checkpoint, engine, evaluate, gap, models
 from harness.config import Config
 from harness.data.pipeline import class_prompt, loader, train_pipeline
 from harness.data.shards import read_manifest
@@ -59,50 +61,76 @@ def run(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print) -> dict
     train_manifest = read_manifest(paths.dataset(cfg.data.train))
     classnames = train_manifest.classnames
     model = ctx.prepare_model(bundle.model)
-    history = []
-    global_batch = cfg.data.batch_size * ctx.world_size
+    global_batch = cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation
     steps = train_manifest.num_samples // global_batch
     if cfg.schedule.epochs and steps == 0:
-        raise ValueError(f"data.batch_size {cfg.data.batch_size} x {ctx.world_size} workers exceeds the "
-                         f"{train_manifest.num_samples} training samples of {cfg.data.train}")
+        raise ValueError(f"global batch {global_batch} (data.batch_size x {ctx.world_size} workers x "
+                         f"accumulation) exceeds the {train_manifest.num_samples} samples of {cfg.data.train}")
+    history, resumed_from = [], None
     if cfg.schedule.epochs:
-        optimizer = engine.make_optimizer(model, cfg.optim)
-        scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * cfg.schedule.epochs)
-        loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
-        batches = iter(loader(train_pipeline(
-            train_manifest.shards, bundle.train_transform, class_prompt(classnames, cfg.eval.train_prompt),
-            bundle.tokenizer, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.data.shuffle_buffer),
-            cfg.data.loader_workers))
-        for epoch in range(1, cfg.schedule.epochs + 1):
-            metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
-                                         cfg.model.precision)
-            metrics.update(epoch=epoch, step=epoch * steps, global_batch=global_batch)
-            if ctx.rank == 0:
-                metrics.update(validate(cfg, paths, bundle, models.unwrap(model), classnames, ctx.device))
-                log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
-                    f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
-                    f"({metrics['samples_per_s']:.0f} samples/s)")
-            history.append(metrics)
-            ctx.report(metrics, None)
+        history, resumed_from = train(cfg, paths, ctx, bundle, model, train_manifest, steps, log)
     train_s = time.perf_counter() - started
+    bare = models.unwrap(model)
+    eval_start = time.perf_counter()
+    # Every rank encodes its share of the test sets; rank 0 receives them whole.
+    embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx)
     if ctx.rank != 0:
         ctx.report({"done": 1}, None)
         return None
-    bare = models.unwrap(model)
     summary = {"epochs": history, "train_s": train_s, "global_batch": global_batch,
-               "steps_per_epoch": steps, "world_size": ctx.world_size}
+               "steps_per_epoch": steps, "world_size": ctx.world_size, "resumed_from_epoch": resumed_from,
+               "device": ctx.device.type}  # cpu / cuda: what the cost section charges accelerator-hours for
+    encode_s = time.perf_counter() - eval_start
     summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
     eval_start = time.perf_counter()
-    summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device))
-    summary["eval_s"] = time.perf_counter() - eval_start
+    summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings))
+    summary["eval_s"] = encode_s + time.perf_counter() - eval_start
+    summary["eval_encoded_by_rank"] = encoded_by_rank
     summary["wall_s"] = time.perf_counter() - started
-    checkpoint = paths.run_dir / "checkpoint"
-    models.save_weights(bare, checkpoint / "model.pt")
-    summary["checkpoint"] = str(checkpoint / "model.pt")
+    final_dir = paths.run_dir / "checkpoint"
+    models.save_weights(bare, final_dir / "model.pt")
+    summary["checkpoint"] = str(final_dir / "model.pt")
     write_json(paths.run_dir / "result.json", summary)
     final = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-    ctx.report(final, str(checkpoint))
+    ctx.report(final, str(final_dir))
     return summary
+
+
+def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, manifest, steps: int,
+          log=print) -> tuple[list[dict], int | None]:
+    """The epochs, resuming from ``ctx.restore()`` when a checkpoint exists; returns
+    (per-epoch metrics, the epoch resumed from or None)."""
+    optimizer = engine.make_optimizer(model, cfg.optim)
+    scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * cfg.schedule.epochs)
+    history, done = [], 0
+    state = ctx.restore()
+    if state is not None:
+        checkpoint.restore(state, model, optimizer, scheduler)
+        history, done = list(state["history"]), int(state["epoch"])
+        log(f"[{cfg.name}] resuming after epoch {done} (step {state['step']})")
+    loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
+    batches = iter(loader(train_pipeline(
+        manifest.shards, bundle.train_transform, class_prompt(manifest.classnames, cfg.eval.train_prompt),
+        bundle.tokenizer, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.data.shuffle_buffer,
+        start_epoch=done), cfg.data.loader_workers))
+    every = cfg.schedule.checkpoint_every
+    for epoch in range(done + 1, cfg.schedule.epochs + 1):
+        metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
+                                     cfg.model.precision, cfg.schedule.accumulation)
+        metrics.update(epoch=epoch, step=epoch * steps,
+                       global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
+        if ctx.rank == 0:
+            metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
+            log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
+                f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
+                f"({metrics['samples_per_s']:.0f} samples/s)")
+        history.append(metrics)
+        resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs
+        with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
+            saved = checkpoint.save(Path(tmp), model, optimizer, scheduler, epoch, epoch * steps, history) \
+                if resumable else None
+            ctx.report(metrics, str(saved) if saved else None)
+    return history, (done or None)
 
 
 def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device, cache: bool) -> evaluate.Embeddings:
@@ -112,6 +140,41 @@ def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device, cach
     if not cache:
         return encode()
     return evaluate.cached_embeddings(paths.run_dir / "embeddings" / f"{name}.pt", encode)
+
+
+def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext
+                     ) -> tuple[dict[str, evaluate.Embeddings] | None, dict[str, list[int]]]:
+    """Encode ID test and every OoD test set with the work split across ranks by shard.
+
+    Each rank encodes the shards ``rank::world_size`` of each set (none when the set
+    has fewer shards than ranks), so every sample is encoded exactly once; rank 0
+    gathers the parts, in rank order, and caches each set in ``embeddings/``. A set
+    already cached is read instead (every rank checks, so all skip it together).
+    Returns (the embeddings on rank 0, else None; samples encoded by each rank).
+    """
+    embeddings, counts = {}, {}
+    for name in (cfg.data.id_test, *cfg.data.ood_test):
+        cache = paths.run_dir / "embeddings" / f"{name}.pt"
+        part = None
+        if not cache.is_file():
+            mine = read_manifest(paths.dataset(name)).shards[ctx.rank::ctx.world_size]
+            if mine:
+                part = evaluate.encode_images(model, mine, bundle.eval_transform, cfg.eval.batch_size, ctx.device)
+        parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
+        counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
+        if ctx.rank != 0:
+            continue
+        if cache.is_file():
+            embeddings[name] = evaluate.Embeddings.load(cache)
+            continue
+        present = [p for p in parts if p is not None]
+        if not present:
+            raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
+        embeddings[name] = evaluate.Embeddings(torch.cat([p.features for p in present]),
+                                               torch.cat([p.labels for p in present]),
+                                               [k for p in present for k in p.keys])
+        embeddings[name].save(cache)
+    return (embeddings if ctx.rank == 0 else None), counts
 
 
 def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) -> dict[str, float]:
@@ -128,28 +191,26 @@ def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) ->
             "val_objective": 0.5 * (acc + metrics["auroc"])}
 
 
-def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device) -> dict:
-    """Encode ID test and every OoD test set once (cached), then compute every score from the cache."""
+def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
+         embeddings: dict[str, evaluate.Embeddings] | None = None) -> dict:
+    """Encode ID test and every OoD test set once (cached), then compute every score from the cache.
+    ``embeddings``: the sets already encoded (e.g. across ranks by :func:`encode_test_sets`).
+
+    Writes ``scores.pt`` ({"keys": {dataset: [key, ...]}, "scores": {dataset: {score: (N,) tensor}}},
+    both in eval read order) and ``embeddings/text.pt`` (the TextSide), and measures the
+    modality gap on the ID test set (harness.gap).
+    """
     text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
-    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_test, device, cache=True)
-    id_scores = evaluate.compute_scores(id_emb.features, text, cfg.eval, cfg.seed)
-    ood_scores = {name: evaluate.compute_scores(_encode(cfg, paths, bundle, model, name, device, True).features,
-                                                text, cfg.eval, cfg.seed)
-                  for name in cfg.data.ood_test}
+    if embeddings is None:
+        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache=True)
+                      for name in (cfg.data.id_test, *cfg.data.ood_test)}
+    scores = {name: evaluate.compute_scores(emb.features, text, cfg.eval, cfg.seed) for name, emb in embeddings.items()}
+    id_emb, id_scores = embeddings[cfg.data.id_test], scores[cfg.data.id_test]
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({cfg.data.id_test: id_scores, **ood_scores}, paths.run_dir / "scores.pt")
+    torch.save({"keys": {name: emb.keys for name, emb in embeddings.items()}, "scores": scores},
+               paths.run_dir / "scores.pt")
+    text.save(paths.run_dir / "embeddings" / "text.pt")
+    ood_scores = {name: scores[name] for name in cfg.data.ood_test}
     return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores),
             "num_negatives": len(text.negative_labels), "negatives_sample": text.negative_labels[:20],
-            "gap": modality_gap(id_emb, text)}
-
-
-def modality_gap(emb: evaluate.Embeddings, text: evaluate.TextSide) -> dict[str, float]:
-    """Two plain measures of how far ID images sit from ID text on the hypersphere.
-
-    centroid_distance: ||mean(image features) - mean(class prompt features)||;
-    pair_cosine: the mean cosine of each ID image with its own class prompt.
-    """
-    img = emb.features
-    txt = text.class_features
-    pair = (img * txt[emb.labels]).sum(dim=1).mean().item()
-    return {"centroid_distance": (img.mean(0) - txt.mean(0)).norm().item(), "pair_cosine": pair}
+            "gap": gap.measures(id_emb.features, id_emb.labels, text.class_features, seed=cfg.seed)}

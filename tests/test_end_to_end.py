@@ -1,5 +1,7 @@
 """The whole system on a real local Ray cluster: sweep -> Parquet -> report -> MLflow, then an idempotent re-run."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -45,10 +47,16 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     assert ood[["fpr95", "auroc", "aupr_in", "aupr_out"]].stack().between(0, 1).all()
     assert len(results.read(out / "results", results.EPOCHS)) == 2  # two trials x one epoch
 
+    assert runs[[f"gap_{m}" for m in ("centroid_distance", "pair_cosine", "uniform_cross")]].notna().all().all()
+    samples = results.read(out / "results", results.SAMPLES)
+    assert not samples.duplicated(["run_id", "dataset", "score", "key"]).any()  # keys pair runs sample by sample
+
     report = (out / "report.md").read_text()
-    for row in ("| zero-shot | mcm |", "| FLYP | neglabel |", "| CMA | neglabel |"):
+    for row in ("| zero-shot | mcm |", "| FLYP | neglabel |", "| CMA | neglabel |", "| CMA − FLYP | neglabel | avg |",
+                "`uniform_cross`", "Suite `synthetic`"):
         assert row in report
-    assert (out / "report-lambda.png").stat().st_size > 0 and (out / "report-scores.png").stat().st_size > 0
+    for png in ("lambda", "scores", "roc", "training", "gap"):
+        assert (out / f"report-{png}.png").stat().st_size > 0, png
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     logged = mlflow.search_runs(experiment_names=["harness"])
@@ -56,6 +64,10 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     children = logged[logged["tags.harness.kind"] == "run"]
     assert children["metrics.id_accuracy"].notna().all()
     assert (children["tags.mlflow.parentRunId"] == logged[logged["tags.harness.kind"] == "sweep"]["run_id"].iloc[0]).all()
+    client = mlflow.tracking.MlflowClient()
+    for child in children["run_id"]:  # each run's own report section, with its intervals
+        assert [a.path for a in client.list_artifacts(child)] == ["report.md"]
+        assert "% [95% CI]" in (Path(client.download_artifacts(child, "report.md", str(tmp_path)))).read_text()
 
     # `harness train` of the CMA trial's config is the same run: its rows are replaced, not added.
     assert cli.main(["train", str(path), "--out", str(out), "--set", "loss.lam=0.5"]) == 0

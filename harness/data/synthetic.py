@@ -102,9 +102,10 @@ _COUNTS = tuple(f.name for f in fields(WorldSpec) if f.name.startswith(("pretrai
 
 
 def small_spec(seed: int = 0) -> WorldSpec:
-    """A world of about 5,000 images for tests (seconds): several id_train shards, one near_ood shard."""
+    """A world of about 5,000 images for tests (seconds): several id_train shards, two id_test and
+    far_ood shards (two ranks share the evaluation), one near_ood shard (a second rank gets none)."""
     return WorldSpec(seed=seed, pretrain=3000, id_train_per_class=40, id_val_per_class=10, id_test_per_class=10,
-                     ood_val=120, near_ood=160, far_ood=160, shard_size=200)
+                     ood_val=120, near_ood=150, far_ood=160, shard_size=150)
 
 
 # --- the concepts and their splits ---------------------------------------------------------------

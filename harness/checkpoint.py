@@ -1,0 +1,52 @@
+"""Resumable training state: model, optimiser, scheduler, position and RNG, in one file.
+
+Loaded with ``torch.load(weights_only=True)``: only tensors and plain containers,
+never arbitrary pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from harness.models import unwrap
+
+STATE_FILE = "train_state.pt"
+
+
+def save(directory: Path, model, optimizer, scheduler, epoch: int, step: int, history: list[dict]) -> Path:
+    """Write the state after ``epoch`` (1-based) into ``directory`` atomically; returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": list(random.getstate()[1]),
+    }
+    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)
+    return directory
+
+
+def load(directory: str | Path) -> dict:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no training state in checkpoint {directory} (expected {STATE_FILE})")
+    return torch.load(path, weights_only=True)
+
+
+def restore(state: dict, model, optimizer, scheduler) -> None:
+    """Put a saved state back into freshly built objects (same architecture and settings)."""
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate((3, tuple(state["python_rng"]), None))
