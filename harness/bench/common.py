@@ -100,13 +100,13 @@ def reset_peak() -> None:
         refs.write("5")
 
 
-def in_child(function: str, kwargs: dict, timeout: float = 600) -> dict:
-    """Call ``module:function(**kwargs)`` in a fresh Python process and return its dict,
-    with ``peak_rss_mib`` (the whole child's VmHWM) added.
+def in_child(function: str, kwargs: dict, timeout: float = 600, env: dict[str, str] | None = None) -> dict:
+    """Call ``module:function(**kwargs)`` in a fresh Python process (``env`` added to its
+    environment) and return its dict, with ``peak_rss_mib`` (the whole child's VmHWM) added.
 
     The function must return a JSON-serialisable dict; ``kwargs`` must be JSON too.
     """
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "harness.bench.common", function, json.dumps(kwargs)],
                           capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:

@@ -111,6 +111,11 @@ def neglabel_vs_mm(ctx: BenchContext, reps: int) -> tuple[list[Row], list[str]]:
         f"The stage is bound by the matmul ({rates['mm']:.0f} GFLOP/s on this machine's cores): per similarity "
         f"the matmul does {2 * DIM} FLOPs, the score's own passes (divide, max, subtract, exp, sum) a handful, "
         "memory-bound over the chunk.",
+        "The working-memory figure varies between runs (199 to 262 MiB at 10x seen here) with glibc's heap: "
+        f"the class part of each chunk ({min(chunk, n) * classes * 4 / 2**20:.0f} MiB) is under glibc's "
+        "dynamic mmap threshold once it has risen, so it comes from the heap and fragments it (see "
+        "5. memory for the same effect and MALLOC_MMAP_THRESHOLD_); the chunked computation itself holds "
+        "one chunk.",
     ]
     if not ctx.full and not ctx.smoke:
         notes.append(f"Scaled down from the issue's 50,000 images to {n:,} on this 2-core machine; "
