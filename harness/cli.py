@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet\n"
           f"mlflow store:  {uri}\nmlflow UI:     mlflow ui --backend-store-uri {uri} "
           f"--port 5000   (then open http://127.0.0.1:5000)")
-    return 0 if all(r.status in ("finished", "stopped") for r in records) else 1
+    ended = ("finished", "stopped") + (("diverged",) if kind == "sweep" else ())  # a diverged trial is a search outcome
+    return 0 if all(r.status in ended for r in records) else 1
 
 
 def _resource_overrides(args) -> list[str]:

@@ -63,6 +63,9 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1000, ge=0)
     loader_workers: int = Field(0, ge=0)
     """torch DataLoader processes per training worker (0: decode in the training process)."""
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    """Training skips bad samples (unreadable image, label outside the classes, a missing, unreadable
+    or short shard) and counts them; the run fails when more than this share of what it read was bad."""
 
 
 class LossConfig(_Section):
@@ -111,6 +114,9 @@ class EvalConfig(_Section):
     selection_score: str = "neglabel"
     """Score whose OoD-validation AUROC enters the selection objective."""
     batch_size: int = Field(256, ge=1)
+    allow_bad_samples: bool = False
+    """False: a bad sample in an evaluation set is an error naming its shard and key (metrics over an
+    unknown subset are not comparable). True: skip it; the count is in the results (bad_samples_eval)."""
 
     @model_validator(mode="after")
     def _selection_in_scores(self) -> "EvalConfig":

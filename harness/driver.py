@@ -46,7 +46,9 @@ def results_dir(out: Path) -> Path:
 def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str | None,
             status: str | None = None) -> tracking.Record:
     rid = ray_layer.run_id(cfg)
-    status = status or ("finished" if summary else "failed")
+    # A run that ended early on its own (diverged) says so in its summary, with the reason.
+    status = status or ((summary.get("status") or "finished") if summary else "failed")
+    error = error or (summary or {}).get("error")
     results.record_run(results_dir(out), rid, sweep, cfg, summary, status, error, run_dir=out / "runs" / rid)
     return tracking.Record(rid, cfg, summary, status)
 
@@ -60,7 +62,10 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tra
         print(f"zero-shot baseline: reusing {done}")
         return _record(out, sweep, base, json.loads(done.read_text()), None)
     summary = runner.run(base, paths, RunContext())
-    return _record(out, sweep, base, summary, None)
+    record = _record(out, sweep, base, summary, None)
+    if record.status != "finished":  # bad evaluation data: every trial would fail the same way, after training
+        raise RuntimeError(f"zero-shot baseline {record.run_id} {record.status}: {summary.get('error')}")
+    return record
 
 
 def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:

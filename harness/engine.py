@@ -39,6 +39,18 @@ class RunContext:
     """All-gather of a picklable object from every rank (a list in rank order); None on one process."""
 
 
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: the run stops (status ``diverged``).
+
+    Raised before the optimiser applies the step, on every rank at the same step (ranks
+    agree through ``gather``), so a data-parallel run stops together."""
+
+    def __init__(self, loss: float, step: int | None = None):
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"non-finite training loss ({loss}){where}")
+        self.loss, self.step = loss, step
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     # The reference recipe decays all parameters (logit scale, norms and biases included).
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -63,9 +75,13 @@ def autocast(device: torch.device, precision: str):
 
 
 def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALoss, optimizer: torch.optim.Optimizer,
-               scheduler, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+               scheduler, device: torch.device, precision: str = "fp32",
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One optimiser step over ``batches`` (micro-batches of (images, tokens, labels), gradients
-    accumulated); returns the mean loss and its parts."""
+    accumulated); returns the mean loss and its parts.
+
+    Raises :class:`Diverged`, without stepping, when the loss is not finite on this rank or,
+    with ``gather`` (an all-gather over ranks), on any rank."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     totals: dict[str, float] = {}
@@ -82,6 +98,11 @@ def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALos
             (loss / len(batches)).backward()
         for key, value in {"loss": loss, **parts}.items():
             totals[key] = totals.get(key, 0.0) + value.item() / len(batches)
+    finite = math.isfinite(totals["loss"])
+    if gather is not None:  # each rank's loss covers its own rows: one rank may overflow alone
+        finite = bool(gather(torch.tensor([float(finite)], device=device)).min().item() > 0)
+    if not finite:
+        raise Diverged(totals["loss"])
     optimizer.step()
     scheduler.step()
     with torch.no_grad():  # CLIP clamps the learnable temperature at 100
@@ -93,18 +114,20 @@ def train_epoch(model, batches: Iterator, steps: int, loss_fn: CMALoss, optimize
                 ctx: RunContext, precision: str = "fp32", accumulation: int = 1, log_every: int = 0,
                 log: Callable[[str], None] = print) -> dict[str, float]:
     """Run exactly ``steps`` optimiser steps of ``accumulation`` micro-batches each from ``batches``;
-    returns mean loss parts and throughput (samples/s on this worker and in total)."""
+    returns mean loss parts and throughput (samples/s on this worker and in total).
+    A non-finite loss raises :class:`Diverged` (with the 1-based step of this epoch) at once."""
     totals: dict[str, float] = {}
     samples = 0
     start = time.perf_counter()
     for step in range(steps):
         micro = [next(batches) for _ in range(accumulation)]
-        parts = train_step(model, micro, loss_fn, optimizer, scheduler, ctx.device, precision)
+        try:
+            parts = train_step(model, micro, loss_fn, optimizer, scheduler, ctx.device, precision, ctx.gather)
+        except Diverged as err:
+            raise Diverged(err.loss, step + 1) from None
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value
         samples += sum(len(b[0]) for b in micro)
-        if not math.isfinite(parts["loss"]):
-            raise FloatingPointError(f"non-finite loss {parts['loss']} at step {step}")
         if log_every and (step + 1) % log_every == 0:
             log(f"  step {step + 1}/{steps} loss {parts['loss']:.4f}")
     elapsed = time.perf_counter() - start

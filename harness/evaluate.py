@@ -15,6 +15,7 @@ import torch
 
 from harness import metrics, negatives
 from harness.config import EvalConfig
+from harness.data.badsamples import BadDataError
 from harness.data.pipeline import eval_pipeline
 from harness.scores import get_score
 
@@ -70,15 +71,19 @@ class TextSide:
 
 @torch.no_grad()
 def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: int,
-                  device: torch.device | str = "cpu") -> Embeddings:
+                  device: torch.device | str = "cpu", shard_samples: Sequence[int] | None = None,
+                  num_classes: int | None = None, allow_bad: bool = False) -> Embeddings:
+    """Every sample of ``urls``, in order; a bad one raises BadDataError naming its shard and key
+    unless ``allow_bad`` (harness.data.pipeline.eval_pipeline has the rules and arguments)."""
     model.eval()
     feats, labels, keys = [], [], []
-    for images, batch_labels, batch_keys in eval_pipeline(urls, transform, batch_size):
+    for images, batch_labels, batch_keys in eval_pipeline(urls, transform, batch_size, shard_samples=shard_samples,
+                                                          num_classes=num_classes, allow_bad=allow_bad):
         feats.append(model.encode_image(images.to(device), normalize=True).float().cpu())
         labels.append(batch_labels)
         keys.extend(batch_keys)
     if not keys:
-        raise ValueError(f"no samples read from {len(urls)} shard(s): {list(urls)[:3]}")
+        raise BadDataError(f"no samples read from {len(urls)} shard(s): {list(urls)[:3]}")
     return Embeddings(torch.cat(feats), torch.cat(labels), keys)
 
 

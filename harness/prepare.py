@@ -12,7 +12,7 @@ from pathlib import Path
 from harness import models, pretrain
 from harness.config import Config
 from harness.data import synthetic
-from harness.data.shards import read_manifest
+from harness.data.shards import check_class_lists, read_manifest
 from harness.paths import synthetic_root
 
 
@@ -31,8 +31,9 @@ def prepare_inputs(cfg: Config, log=print) -> Inputs:
     if cfg.data.source == "synthetic":
         spec = synthetic.small_spec() if cfg.data.synthetic_size == "small" else synthetic.WorldSpec()
         synthetic.generate(root, spec, progress=log)
-    for name in (cfg.data.train, cfg.data.id_val, cfg.data.ood_val, cfg.data.id_test, *cfg.data.ood_test):
-        read_manifest(root / name)  # raises, naming the path, when a dataset is missing
+    manifests = {name: read_manifest(root / name)  # raises, naming the path, when a dataset is missing
+                 for name in (cfg.data.train, cfg.data.id_val, cfg.data.ood_val, cfg.data.id_test, *cfg.data.ood_test)}
+    check_class_lists({name: manifests[name] for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
     if cfg.model.pretrained == "synthetic":
         if cfg.data.source != "synthetic":
             raise ValueError("model.pretrained=synthetic needs data.source=synthetic (it is pretrained on that corpus)")

@@ -16,7 +16,7 @@ import torch
 
 from harness import engine, models
 from harness.config import Config, OptimConfig
-from harness.data.pipeline import decoded_captions, train_pipeline
+from harness.data.pipeline import CountedBatches, decoded_captions, train_pipeline
 from harness.data.shards import read_manifest
 from harness.losses import CMALoss
 from harness.paths import cache_dir
@@ -56,11 +56,13 @@ def pretrain(cfg: Config, data_root: Path, log=print) -> torch.nn.Module:
     optim_cfg = OptimConfig(lr=settings.lr, weight_decay=settings.weight_decay)
     optimizer = engine.make_optimizer(bundle.model, optim_cfg)
     scheduler = engine.warmup_cosine(optimizer, settings.warmup_steps, steps * settings.epochs)
-    batches = iter(train_pipeline(manifest.shards, bundle.train_transform, decoded_captions, bundle.tokenizer,
-                                  settings.batch_size, seed=cfg.seed))
+    # Bad samples are skipped (they only slow pretraining down); a mostly unreadable corpus fails.
+    batches = CountedBatches(train_pipeline(manifest.shards, bundle.train_transform, decoded_captions, bundle.tokenizer,
+                                            settings.batch_size, seed=cfg.seed, shard_samples=manifest.shard_samples),
+                             give_up_after=steps * settings.epochs * settings.batch_size, where=CORPUS)
     ctx = engine.RunContext()
     for epoch in range(1, settings.epochs + 1):
         metrics = engine.train_epoch(bundle.model, batches, steps, CMALoss(0.0), optimizer, scheduler, ctx)
         log(f"  pretrain epoch {epoch}/{settings.epochs}: loss {metrics['train_loss']:.3f} "
-            f"({metrics['samples_per_s']:.0f} samples/s)")
+            f"({metrics['samples_per_s']:.0f} samples/s, {batches.take_bad().total} bad samples skipped)")
     return bundle.model

@@ -31,7 +31,7 @@ from harness import config as config_mod
 from harness.config import Config
 from harness.engine import RunContext
 from harness.prepare import Inputs
-from harness.runner import RunPaths, run, write_json
+from harness.runner import FAILED, RESULT, RunPaths, run, tune_metrics, write_json
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,20 @@ def _train_worker(loop_config: dict) -> None:
     run(cfg, paths, ctx)
 
 
+class RunFailed(RuntimeError):
+    """A run that stopped itself on bad data (harness.runner writes failed.json instead of
+    raising, so Ray does not retry what would fail the same way); the message says why."""
+
+
+def _failure(run_dir: Path) -> str | None:
+    """The error of a run that stopped on bad data in its latest attempt, else None."""
+    failed = run_dir / FAILED
+    return json.loads(failed.read_text())["error"] if failed.is_file() else None
+
+
 def fit(job: Job, under_tune: bool = False) -> dict:
-    """One data-parallel Ray Train run; returns the run's result.json summary."""
+    """One data-parallel Ray Train run; returns the run's result.json summary (its ``status``:
+    finished or diverged). Raises RunFailed when the run stopped on bad data."""
     res = job.cfg.resources
     trainer = TorchTrainer(
         _train_worker,
@@ -160,7 +172,10 @@ def fit(job: Job, under_tune: bool = False) -> dict:
         ),
     )
     trainer.fit()
-    return json.loads((job.run_dir / "result.json").read_text())
+    error = _failure(job.run_dir)
+    if error is not None:
+        raise RunFailed(error)
+    return json.loads((job.run_dir / RESULT).read_text())
 
 
 def _loop_worker(loop: Callable[[dict, RunContext], None], loop_config: dict) -> None:
@@ -198,11 +213,10 @@ def _tune_domain(space: config_mod.ParamSpace):
 def _already_done(job: Job) -> bool:
     """A trial whose run wrote its results before the sweep was interrupted (so Tune had
     not marked it ended) is reported again from those results rather than re-run."""
-    done = job.run_dir / "result.json"
+    done = job.run_dir / RESULT
     if not done.is_file():
         return False
-    summary = json.loads(done.read_text())
-    tune.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    tune.report(tune_metrics(json.loads(done.read_text())))
     return True
 
 
@@ -322,11 +336,26 @@ def sweep_name(cfg: Config) -> str:
     return f"{cfg.name}-sweep-{digest}"
 
 
+def _outcome(run_dir: Path, error: Exception | None) -> tuple[dict | None, str, str | None]:
+    """(summary, status, error) of one ended trial, from Tune's error and the run's own files."""
+    if error is not None:
+        return None, "failed", repr(error)
+    failure = _failure(run_dir)  # an in-process trial that stopped on bad data
+    if failure is not None:
+        return None, "failed", repr(RunFailed(failure))
+    summary_path = run_dir / RESULT
+    if not summary_path.is_file():
+        return None, "stopped", None
+    summary = json.loads(summary_path.read_text())
+    return summary, summary.get("status", "finished"), summary.get("error")
+
+
 def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Config, dict | None, str, str | None]]:
     """Run (or resume) the search; returns (trial config, summary, status, error) per trial.
 
-    status is finished, stopped (early, by ASHA) or failed. An interrupted sweep with the
-    same config resumes: finished trials are not run again.
+    status is finished, stopped (early, by ASHA), diverged (non-finite loss: reported to Tune
+    like any ended trial, not an error of the sweep) or failed. An interrupted sweep with the
+    same config resumes: finished and diverged trials are not run again.
     """
     base = cfg.model_dump(mode="json")
     in_process = trials_in_process(cfg)
@@ -351,7 +380,9 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Confi
             tune_config=tune.TuneConfig(
                 metric=cfg.search.metric, mode=cfg.search.mode, num_samples=cfg.search.num_samples,
                 max_concurrent_trials=sweep_concurrency(cfg), search_alg=_search_alg(cfg),
-                scheduler=_scheduler(cfg)),
+                scheduler=_scheduler(cfg),
+                # An in-process trial in a fresh actor pays ~6 s of imports (torch, open_clip) first.
+                reuse_actors=in_process),
             # verbose=0: the runs print one line per epoch; Tune's 5-second status tables drown them.
             run_config=tune.RunConfig(
                 name=path.name, storage_path=str(out / "ray"), verbose=0,
@@ -364,11 +395,9 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Confi
     interrupted = len(grid) < expected_trials(cfg)
     for result in grid:
         trial_cfg = config_mod.from_dict(base, overrides={k: result.config[k] for k in cfg.search.space})
-        summary_path = Job(trial_cfg, inputs, out).run_dir / "result.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() and not result.error else None
-        status = "failed" if result.error else "finished" if summary else "stopped"
-        interrupted |= status == "stopped" and cfg.search.scheduler == "none"  # nothing else stops a trial
-        outcomes.append((trial_cfg, summary, status, repr(result.error) if result.error else None))
+        outcome = _outcome(Job(trial_cfg, inputs, out).run_dir, result.error)
+        interrupted |= outcome[1] == "stopped" and cfg.search.scheduler == "none"  # nothing else stops a trial
+        outcomes.append((trial_cfg, *outcome))
     if interrupted:
         raise SweepInterrupted(path, [o for o in outcomes if o[2] != "stopped" or o[1] is not None])
     return outcomes

@@ -28,6 +28,7 @@ import torch
 
 from harness import gap, paper
 from harness.config import Config
+from harness.data import badsamples
 
 # 2: runs gained suite, device and every gap_* measure; sample_scores gained key.
 SCHEMA_VERSION = 2
@@ -92,7 +93,8 @@ def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: 
         "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
     }
     for key in ("val_id_accuracy", "val_auroc", "val_fpr95", "val_objective", "id_accuracy",
-                "train_s", "eval_s", "wall_s"):
+                "train_s", "eval_s", "wall_s", "bad_samples_train", "bad_samples_eval",
+                *(f"bad_samples_train_{reason}" for reason in badsamples.REASONS)):
         row[key] = summary.get(key)
     return row
 

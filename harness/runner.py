@@ -8,7 +8,14 @@ run's outputs into ``run_dir``:
 - ``embeddings/<dataset>.pt``: the test-set embedding cache; ``embeddings/text.pt``: the
   class-prompt and negative-label features (evaluate.TextSide)
 - ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
-- ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings)
+- ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings, bad-sample
+  counts, ``status``)
+
+A run that cannot give a model worth evaluating stops early with a status instead of
+crashing (which Ray would retry, to the same end): ``diverged`` when the training loss
+is not finite (``result.json``: the same config diverges again, so a re-run reuses it),
+``failed`` when the data is too bad (``failed.json``: a re-run tries again, the data may
+have been fixed). Both are reported to Tune and returned; the driver records them.
 """
 
 from __future__ import annotations
@@ -17,16 +24,21 @@ import json
 import os
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness import checkpoint, engine, evaluate, gap, models
-from harness.config import Config
-from harness.data.pipeline import class_prompt, loader, train_pipeline
-from harness.data.shards import read_manifest
+from harness.config import Config, SearchConfig
+from harness.data.badsamples import REASONS, BadDataError, BadSamples
+from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
+from harness.data.shards import check_class_lists, read_manifest
 from harness.losses import CMALoss
+
+RESULT, FAILED = "result.json", "failed.json"
+SEARCH_METRICS = typing.get_args(SearchConfig.model_fields["metric"].annotation)
 
 
 @dataclass(frozen=True)
@@ -53,47 +65,114 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+class RunStopped(Exception):
+    """A run ending early with ``status`` diverged or failed; ``history``: the epochs it completed.
+    ``collective``: every rank stops at the same point (so all of them can end cleanly)."""
+
+    def __init__(self, status: str, cause: Exception, history: list[dict], collective: bool):
+        super().__init__(str(cause))
+        self.status, self.history, self.collective = status, history, collective
+
+
+def tune_metrics(summary: dict) -> dict[str, float]:
+    """What a run reports last: its numeric summary values, with NaN for the searchable
+    metrics a stopped run has none of (Tune refuses a result without the searched metric;
+    NaN is no number, so no searcher or table takes it for one)."""
+    out = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+    return {**{m: float("nan") for m in SEARCH_METRICS}, **out}
+
+
 def run(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print) -> dict | None:
-    """Train (cfg.schedule.epochs may be 0) and evaluate; returns the summary on rank 0."""
+    """Train (cfg.schedule.epochs may be 0) and evaluate; returns the summary on rank 0.
+
+    A non-finite loss or too many bad training samples (data.max_bad_fraction), or a bad
+    evaluation sample (unless eval.allow_bad_samples), ends the run early with status
+    diverged / failed (see the module docstring) rather than an exception, where all ranks
+    stop together; otherwise the error propagates and Ray ends the worker group.
+    """
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None)
+    if ctx.rank == 0:
+        (paths.run_dir / FAILED).unlink(missing_ok=True)  # an earlier attempt's
     train_manifest = read_manifest(paths.dataset(cfg.data.train))
-    classnames = train_manifest.classnames
-    model = ctx.prepare_model(bundle.model)
     global_batch = cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation
     steps = train_manifest.num_samples // global_batch
     if cfg.schedule.epochs and steps == 0:
         raise ValueError(f"global batch {global_batch} (data.batch_size x {ctx.world_size} workers x "
                          f"accumulation) exceeds the {train_manifest.num_samples} samples of {cfg.data.train}")
-    history, resumed_from = [], None
-    if cfg.schedule.epochs:
-        history, resumed_from = train(cfg, paths, ctx, bundle, model, train_manifest, steps, log)
-    train_s = time.perf_counter() - started
-    bare = models.unwrap(model)
-    eval_start = time.perf_counter()
-    # Every rank encodes its share of the test sets; rank 0 receives them whole.
-    embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx)
-    if ctx.rank != 0:
-        ctx.report({"done": 1}, None)
-        return None
-    summary = {"epochs": history, "train_s": train_s, "global_batch": global_batch,
-               "steps_per_epoch": steps, "world_size": ctx.world_size, "resumed_from_epoch": resumed_from,
-               "device": ctx.device.type}  # cpu / cuda: what the cost section charges accelerator-hours for
-    encode_s = time.perf_counter() - eval_start
-    summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
-    eval_start = time.perf_counter()
-    summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings))
+    facts = {"global_batch": global_batch, "steps_per_epoch": steps, "world_size": ctx.world_size,
+             "device": ctx.device.type}  # cpu / cuda: what the cost section charges accelerator-hours for
+    try:
+        return _train_and_evaluate(cfg, paths, ctx, train_manifest, facts, started, log)
+    except RunStopped as stop:
+        if ctx.world_size > 1 and not stop.collective:
+            raise  # only this rank knows: the others would wait for it forever
+        return _stopped(cfg, paths, ctx, stop, facts, started, log)
+
+
+def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, train_manifest, facts: dict,
+                        started: float, log) -> dict | None:
+    history: list[dict] = []
+    try:
+        classnames = check_class_lists({name: read_manifest(paths.dataset(name))
+                                        for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
+        bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None)
+        model = ctx.prepare_model(bundle.model)
+        resumed_from = None
+        if cfg.schedule.epochs:
+            history, resumed_from = train(cfg, paths, ctx, bundle, model, train_manifest, facts["steps_per_epoch"], log)
+        train_s = time.perf_counter() - started
+        bare = models.unwrap(model)
+        eval_start = time.perf_counter()
+        # Every rank encodes its share of the test sets; rank 0 receives them whole.
+        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx)
+        if ctx.rank != 0:
+            ctx.report({"done": 1}, None)
+            return None
+        summary = {"status": "finished", "epochs": history, "train_s": train_s, "resumed_from_epoch": resumed_from,
+                   **facts, **train_bad_counts(cfg, history)}
+        encode_s = time.perf_counter() - eval_start
+        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
+        eval_start = time.perf_counter()
+        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings))
+    except BadDataError as err:
+        raise RunStopped("failed", err, history, err.collective) from err
+    summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
     summary["eval_s"] = encode_s + time.perf_counter() - eval_start
     summary["eval_encoded_by_rank"] = encoded_by_rank
     summary["wall_s"] = time.perf_counter() - started
     final_dir = paths.run_dir / "checkpoint"
     models.save_weights(bare, final_dir / "model.pt")
     summary["checkpoint"] = str(final_dir / "model.pt")
-    write_json(paths.run_dir / "result.json", summary)
-    final = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-    ctx.report(final, str(final_dir))
+    write_json(paths.run_dir / RESULT, summary)
+    ctx.report(tune_metrics(summary), str(final_dir))
     return summary
+
+
+def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStopped, facts: dict,
+             started: float, log) -> dict | None:
+    """End a run early: report it to Tune (every rank reports, as at the end of a run) and, on
+    rank 0, write its summary (result.json when diverged, failed.json when failed)."""
+    if ctx.rank != 0:
+        ctx.report({"done": 1}, None)
+        return None
+    summary = {"status": stop.status, "error": str(stop), "epochs": stop.history, **facts,
+               **train_bad_counts(cfg, stop.history), "train_s": time.perf_counter() - started,
+               "wall_s": time.perf_counter() - started}
+    log(f"[{cfg.name}] {stop.status}: {stop}")
+    write_json(paths.run_dir / (RESULT if stop.status == "diverged" else FAILED), summary)
+    ctx.report({**tune_metrics(summary), stop.status: 1}, None)
+    return summary
+
+
+def train_bad_counts(cfg: Config, history: list[dict]) -> dict[str, int]:
+    """Bad training samples skipped over the epochs of ``history``, in total and per reason
+    (none for a run that does not train)."""
+    if not cfg.schedule.epochs:
+        return {}
+    out = {"bad_samples_train": sum(int(h.get("bad_samples", 0)) for h in history)}
+    out.update({f"bad_samples_train_{r}": sum(int(h.get(f"bad_samples_{r}", 0)) for h in history) for r in REASONS})
+    return out
 
 
 def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, manifest, steps: int,
@@ -109,34 +188,80 @@ def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, m
         history, done = list(state["history"]), int(state["epoch"])
         log(f"[{cfg.name}] resuming after epoch {done} (step {state['step']})")
     loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
-    batches = iter(loader(train_pipeline(
+    planned = steps * cfg.schedule.epochs * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
+    batches = CountedBatches(loader(train_pipeline(
         manifest.shards, bundle.train_transform, class_prompt(manifest.classnames, cfg.eval.train_prompt),
         bundle.tokenizer, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.data.shuffle_buffer,
-        start_epoch=done), cfg.data.loader_workers))
-    every = cfg.schedule.checkpoint_every
-    for epoch in range(done + 1, cfg.schedule.epochs + 1):
-        metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
-                                     cfg.model.precision, cfg.schedule.accumulation)
-        metrics.update(epoch=epoch, step=epoch * steps,
-                       global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
-        if ctx.rank == 0:
-            metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
-            log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
-                f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
-                f"({metrics['samples_per_s']:.0f} samples/s)")
-        history.append(metrics)
-        resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs
-        with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
-            saved = checkpoint.save(Path(tmp), model, optimizer, scheduler, epoch, epoch * steps, history) \
-                if resumable else None
-            ctx.report(metrics, str(saved) if saved else None)
+        start_epoch=done, shard_samples=manifest.shard_samples), cfg.data.loader_workers),
+        give_up_after=planned, where=f"{cfg.data.train} (rank {ctx.rank})")
+    every, seen, epoch = cfg.schedule.checkpoint_every, BadSamples(), done
+    try:
+        for epoch in range(done + 1, cfg.schedule.epochs + 1):
+            metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
+                                         cfg.model.precision, cfg.schedule.accumulation)
+            metrics.update(epoch=epoch, step=epoch * steps,
+                           global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
+            bad = _gathered_bad(batches, ctx)
+            seen.add(bad)
+            metrics.update(bad_samples=bad.total, **{f"bad_samples_{r}": n for r, n in bad.by_reason().items()})
+            history.append(metrics)
+            check_bad_fraction(cfg, history, steps * metrics["global_batch"], seen)  # the same verdict on every rank
+            if ctx.rank == 0:
+                metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
+                log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
+                    f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
+                    f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
+            resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs
+            with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
+                saved = checkpoint.save(Path(tmp), model, optimizer, scheduler, epoch, epoch * steps, history) \
+                    if resumable else None
+                ctx.report(metrics, str(saved) if saved else None)
+    except engine.Diverged as err:  # every rank diverges at the same step (train_step agrees across ranks)
+        raise RunStopped("diverged", ValueError(f"{err} of epoch {epoch}"), history, collective=True) from err
+    except BadDataError as err:
+        raise RunStopped("failed", err, history, err.collective) from err
     return history, (done or None)
+
+
+def _gathered_bad(batches: CountedBatches, ctx: engine.RunContext) -> BadSamples:
+    """The bad samples every rank skipped since the last call (all ranks call it together)."""
+    mine = batches.take_bad()
+    return BadSamples.merged(ctx.gather_objects(mine) if ctx.gather_objects else [mine])
+
+
+def check_bad_fraction(cfg: Config, history: list[dict], good_per_epoch: int, seen: BadSamples) -> None:
+    """BadDataError (collective) when more than data.max_bad_fraction of the training samples read
+    over ``history`` were bad; ``good_per_epoch``: the samples an epoch trains on, all ranks."""
+    bad = sum(int(h["bad_samples"]) for h in history)
+    read = bad + good_per_epoch * len(history)
+    if bad > cfg.data.max_bad_fraction * read:
+        raise BadDataError(f"{cfg.data.train}: {bad} of the {read} training samples read were bad ({bad / read:.2%}), "
+                           f"more than data.max_bad_fraction={cfg.data.max_bad_fraction}: {seen.describe()}",
+                           collective=True)
+
+
+def _encode_share(cfg: Config, manifest, bundle, model, device, rank: int = 0,
+                  world_size: int = 1) -> evaluate.Embeddings | None:
+    """This rank's shards of an evaluation set (None when it has none), under the bad-sample policy:
+    every sample the manifest promises, labels within the classes for ID sets, unless
+    eval.allow_bad_samples."""
+    shards = manifest.shards[rank::world_size]
+    if not shards:
+        return None
+    return evaluate.encode_images(model, shards, bundle.eval_transform, cfg.eval.batch_size, device,
+                                  shard_samples=manifest.shard_samples[rank::world_size],
+                                  num_classes=len(manifest.classnames) if manifest.kind == "id" else None,
+                                  allow_bad=cfg.eval.allow_bad_samples)
+
+
+def _missing(paths: RunPaths, name: str, emb: evaluate.Embeddings) -> int:
+    """Samples of an evaluation set skipped as bad: what its manifest promises minus what was encoded."""
+    return max(0, read_manifest(paths.dataset(name)).num_samples - len(emb.keys))
 
 
 def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device, cache: bool) -> evaluate.Embeddings:
     manifest = read_manifest(paths.dataset(name))
-    encode = lambda: evaluate.encode_images(model, manifest.shards, bundle.eval_transform,  # noqa: E731
-                                            cfg.eval.batch_size, device)
+    encode = lambda: _encode_share(cfg, manifest, bundle, model, device)  # noqa: E731
     if not cache:
         return encode()
     return evaluate.cached_embeddings(paths.run_dir / "embeddings" / f"{name}.pt", encode)
@@ -157,9 +282,8 @@ def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.Ru
         cache = paths.run_dir / "embeddings" / f"{name}.pt"
         part = None
         if not cache.is_file():
-            mine = read_manifest(paths.dataset(name)).shards[ctx.rank::ctx.world_size]
-            if mine:
-                part = evaluate.encode_images(model, mine, bundle.eval_transform, cfg.eval.batch_size, ctx.device)
+            part = _encode_share(cfg, read_manifest(paths.dataset(name)), bundle, model, ctx.device,
+                                 ctx.rank, ctx.world_size)
         parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
         counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
         if ctx.rank != 0:
@@ -188,7 +312,8 @@ def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) ->
                                  {"ood_val": evaluate.compute_scores(ood_emb.features, text, ood_cfg, cfg.seed)})[0]
     acc = evaluate.id_accuracy(id_emb, text)
     return {"val_id_accuracy": acc, "val_auroc": metrics["auroc"], "val_fpr95": metrics["fpr95"],
-            "val_objective": 0.5 * (acc + metrics["auroc"])}
+            "val_objective": 0.5 * (acc + metrics["auroc"]),
+            "val_bad_samples": _missing(paths, cfg.data.id_val, id_emb) + _missing(paths, cfg.data.ood_val, ood_emb)}
 
 
 def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
@@ -198,7 +323,8 @@ def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
 
     Writes ``scores.pt`` ({"keys": {dataset: [key, ...]}, "scores": {dataset: {score: (N,) tensor}}},
     both in eval read order) and ``embeddings/text.pt`` (the TextSide), and measures the
-    modality gap on the ID test set (harness.gap).
+    modality gap on the ID test set (harness.gap). ``test_bad_samples``: per set, the samples
+    skipped as bad (eval.allow_bad_samples).
     """
     text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
     if embeddings is None:
@@ -213,4 +339,5 @@ def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
     ood_scores = {name: scores[name] for name in cfg.data.ood_test}
     return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores),
             "num_negatives": len(text.negative_labels), "negatives_sample": text.negative_labels[:20],
+            "test_bad_samples": {name: _missing(paths, name, emb) for name, emb in embeddings.items()},
             "gap": gap.measures(id_emb.features, id_emb.labels, text.class_features, seed=cfg.seed)}

@@ -40,7 +40,8 @@ def _experiment_id(client, name: str, out: Path) -> str:
 
 def final_metrics(summary: dict) -> dict[str, float]:
     out = {k: float(summary[k]) for k in ("id_accuracy", "val_id_accuracy", "val_auroc", "val_fpr95",
-                                           "val_objective", "train_s", "eval_s", "wall_s") if summary.get(k) is not None}
+                                           "val_objective", "train_s", "eval_s", "wall_s", "bad_samples_train",
+                                           "bad_samples_eval") if summary.get(k) is not None}
     for row in summary.get("ood", []):
         for metric in ("fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out"):
             out[f"{row['dataset']}.{row['score']}.{metric}"] = float(row[metric])

@@ -18,12 +18,14 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+
+from harness.data.badsamples import BadDataError
 
 MANIFEST = "manifest.json"
 KINDS = ("pretrain", "id", "ood")
@@ -206,6 +208,35 @@ def verify(dataset_dir: str | Path) -> None:
         expected = manifest.checksums.get(Path(local).relative_to(root).as_posix())  # keyed as stored
         if expected is not None and sha256(local) != expected:
             raise ValueError(f"{local}: sha256 differs from the manifest (corrupt or rewritten shard)")
+
+
+def check_class_lists(manifests: Mapping[str, Manifest]) -> list[str]:
+    """The class list shared by ID datasets (name -> manifest; the first is the reference, e.g.
+    the training set); returns it.
+
+    Labels index the class list and the class prompts are built from it, so every ID dataset of
+    a run must carry the same names in the same order, without repeats. Raises BadDataError
+    naming the datasets and the first difference, before any compute is spent.
+    """
+    (first, reference), *others = manifests.items()
+    for name, manifest in manifests.items():
+        if manifest.kind != "id":
+            raise BadDataError(f"{name}: kind {manifest.kind!r}, but it is used as an ID dataset (kind 'id', "
+                               "with classnames)", collective=True)
+        repeated = sorted({c for c in manifest.classnames if manifest.classnames.count(c) > 1})
+        if repeated:
+            raise BadDataError(f"{name}: class names {repeated} appear more than once: their prompts could not "
+                               "be told apart", collective=True)
+    for name, manifest in others:
+        theirs, ours = manifest.classnames, reference.classnames
+        if len(theirs) != len(ours):
+            raise BadDataError(f"{name} has {len(theirs)} classes but {first} has {len(ours)}: its labels and the "
+                               "class prompts would not match", collective=True)
+        diff = next((k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b), None)
+        if diff is not None:
+            raise BadDataError(f"{name} names class {diff} {theirs[diff]!r} but {first} names it {ours[diff]!r}: "
+                               "ID datasets must list the same classes in the same order", collective=True)
+    return list(reference.classnames)
 
 
 def _check(manifest: Manifest, path: Path) -> None:
