@@ -9,8 +9,9 @@ Tables (one file each in a results directory, every row carrying ``schema_versio
   with the sample's ``key`` so that two runs can be paired sample by sample.
 
 Every table is keyed by ``run_id``: recording a run replaces all of its earlier rows,
-so re-running never duplicates. Writes hold a lock file and go through temp + rename,
-so concurrent writers do not drop rows and a crash leaves the previous table intact.
+so re-running never duplicates. Writes hold a lock file and go through temp + fsync +
+rename, so concurrent writers do not drop rows and a crash leaves the previous table
+intact; the next writer removes what a killed one left behind.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
 
 
 @contextlib.contextmanager
-def _locked(results_dir: Path) -> Iterator[None]:
+def locked(results_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a results directory (released by the kernel if the holder dies)."""
+    results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     with open(results_dir / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -47,6 +50,13 @@ def _locked(results_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _remove_stale_temps(results_dir: Path) -> None:
+    """Temp files of writers killed mid-write. Call under the lock: only a lock holder
+    writes temps, so while we hold it every temp there is orphaned."""
+    for tmp in results_dir.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
 def table_path(results_dir: Path, table: str) -> Path:
     return Path(results_dir) / f"{table}.parquet"
 
@@ -54,28 +64,49 @@ def table_path(results_dir: Path, table: str) -> Path:
 def read(results_dir: Path, table: str) -> pd.DataFrame:
     """A table, or an empty frame when nothing was recorded yet."""
     path = table_path(results_dir, table)
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's errors subclass these
+        raise ValueError(f"results table {path} cannot be read ({err})") from None
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+def _write_temp(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` in a temp file beside ``path``, on disk (fsync) before anyone renames it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def _merged(results_dir: Path, table: str, new: pd.DataFrame) -> pd.DataFrame:
+    """The table with every earlier row of the new frame's run_ids replaced by the new rows."""
+    new = new.assign(schema_version=SCHEMA_VERSION)
+    old = read(results_dir, table)
+    if not old.empty:
+        old = old[~old["run_id"].isin(set(new["run_id"]))]
+        new = pd.concat([old, new], ignore_index=True) if not old.empty else new
+    return new.reset_index(drop=True)
 
 
 def upsert(results_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """Replace the rows of every run_id present in the new frames, table by table, under one lock."""
+    """Replace the rows of every run_id present in the new frames, under one lock.
+
+    Every table's temp file is written before any table is replaced, and runs.parquet is
+    replaced last: a crash at any point leaves the previous tables, and a run's row never
+    appears before its other rows are in place."""
     results_dir = Path(results_dir)
-    with _locked(results_dir):
-        for table, new in tables.items():
-            if new.empty:
-                continue
-            new = new.assign(schema_version=SCHEMA_VERSION)
-            old = read(results_dir, table)
-            if not old.empty:
-                old = old[~old["run_id"].isin(set(new["run_id"]))]
-                new = pd.concat([old, new], ignore_index=True) if not old.empty else new
-            _write_atomic(new.reset_index(drop=True), table_path(results_dir, table))
+    with locked(results_dir):
+        _remove_stale_temps(results_dir)
+        temps = {table: _write_temp(_merged(results_dir, table, new), table_path(results_dir, table))
+                 for table, new in tables.items() if not new.empty}
+        for table in sorted(temps, key=lambda t: t == RUNS):
+            os.replace(temps[table], table_path(results_dir, table))
 
 
 def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: str, error: str | None) -> dict:
