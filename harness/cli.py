@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harness import config as config_mod
+from harness import preflight
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sweeps" / "demo.yaml"
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only this benchmark (repeatable): pipeline, ray, eval, metrics, memory, gpu")
     bench.add_argument("--smoke", action="store_true", help="tiny sizes, seconds per benchmark (CI)")
     bench.add_argument("--full", action="store_true", help="the issue's full problem sizes (slow on a CPU)")
+    sync = sub.add_parser("sync-mlflow", help="log to MLflow the runs it missed while unreachable (safe to repeat)")
+    sync.add_argument("--out", type=Path, required=True, help="the --out directory of the train / sweep / demo")
+    sync.add_argument("--tracking-uri", default=None, metavar="URI",
+                      help="log there instead of each sweep's own tracking.mlflow_uri (e.g. the server moved)")
     return parser
 
 
@@ -59,14 +64,19 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "sync-mlflow":
+            return _sync_mlflow(args)
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args))
-    except (config_mod.ConfigError, FileNotFoundError, UsageError) as err:
+        # Every check that needs no compute, before any is spent (names the field and what is allowed).
+        out = preflight.check_run(cfg, args.out or Path("runs") / cfg.name, args.address,
+                                  sweep=args.command != "train")
+    except (config_mod.ConfigError, preflight.PreflightError, FileNotFoundError, UsageError) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
-    out = (args.out or Path("runs") / cfg.name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    from harness import driver  # heavy imports (torch, ray) only once the input is valid
+    from harness import driver, tracking  # heavy imports (torch, ray) only once the input is valid
+
+    cfg = _without_credentials(cfg, tracking)
 
     from harness.ray_layer import ResourceError, SweepInterrupted
 
@@ -83,14 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 130  # the shell's code for Ctrl-C
     kind = "train" if args.command == "train" else "sweep"
-    md, uri = driver.finish(cfg, out, f"{cfg.name}-{kind}", records, timer, notes=_notes(timer))
+    md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-{kind}", records, timer, notes=_notes(timer))
     print("\nwhere the time went:\n" + timer.table())
     (out / "timings.md").write_text(timer.table() + "\n")
-    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet\n"
-          f"mlflow store:  {uri}\nmlflow UI:     mlflow ui --backend-store-uri {uri} "
-          f"--port 5000   (then open http://127.0.0.1:5000)")
+    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet")
+    if synced:
+        print(f"mlflow store:  {uri}\nmlflow UI:     mlflow ui --backend-store-uri {uri} "
+              f"--port 5000   (then open http://127.0.0.1:5000)")
+    else:
+        print(f"mlflow store:  {uri} NOT REACHED: run `harness sync-mlflow --out {out}` once it is back")
     ended = ("finished", "stopped") + (("diverged",) if kind == "sweep" else ())  # a diverged trial is a search outcome
     return 0 if all(r.status in ended for r in records) else 1
+
+
+def _without_credentials(cfg, tracking):
+    """The config whose tracking URI carries no user:password (moved to MLflow's variables),
+    so no secret reaches Ray's storage, Parquet, MLflow params or the terminal."""
+    uri = tracking.strip_credentials(cfg.tracking.mlflow_uri)
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})})
 
 
 def _resource_overrides(args) -> list[str]:
@@ -112,13 +132,14 @@ class UsageError(ValueError):
 
 
 def _report(args) -> int:
-    from harness import report
-    from harness.report_stats import Filters, NothingToReport, results_dir
-
     if len(args.results_dirs) > 1 and args.output is None:
         raise UsageError("--output is required when reporting over several directories")
     if args.n_boot < 1:
         raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
+    preflight.check_report(args.results_dirs, args.score, args.suite, args.output)
+    from harness import report
+    from harness.report_stats import Filters, NothingToReport, results_dir
+
     first = results_dir(args.results_dirs[0])
     output = args.output or first.parent / "report.md"
     timings = first.parent / "timings.md"  # written by train / sweep / demo; shown for one directory only
@@ -141,10 +162,21 @@ def _bench(args) -> int:
         names = run.select(args.only)
     except run.UnknownBenchmarkError as err:
         raise UsageError(str(err)) from None
-    out = args.out.resolve()
+    out = preflight.check_out_dir(args.out)
     run.run(out, names, smoke=args.smoke, full=args.full)
     print(f"\n{(out / 'bench.md').read_text()}\nparquet:  {out / 'bench.parquet'}\nmarkdown: {out / 'bench.md'}")
     return 0
+
+
+def _sync_mlflow(args) -> int:
+    out = args.out.expanduser().resolve()
+    if not (out / "results").is_dir():
+        raise UsageError(f"--out {out}: no results/ directory there (the --out of a train, sweep or demo)")
+    preflight.check_tracking_uri(args.tracking_uri, "--tracking-uri")
+    from harness import driver, tracking
+
+    left = driver.sync_mlflow(out, tracking.strip_credentials(args.tracking_uri))
+    return 1 if left else 0
 
 
 if __name__ == "__main__":

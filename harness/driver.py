@@ -68,12 +68,17 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tra
     return record
 
 
-def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
-    with timer.stage("prepare data and starting weights"):
-        inputs = prepare.prepare_inputs(cfg, log=timer.log)
+def _start_ray(cfg: Config, address: str | None, timer: Timer) -> None:
+    # Before data or weights are prepared: a run that can never fit fails in seconds.
     with timer.stage("start Ray"):
         ray_layer.init(address)
         ray_layer.check_fits(cfg)
+
+
+def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
+    _start_ray(cfg, address, timer)
+    with timer.stage("prepare data and starting weights"):
+        inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
         try:
             summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
@@ -88,13 +93,11 @@ def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tra
 def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
     if not cfg.search.space:
         raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
+    _start_ray(cfg, address, timer)
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):
         records = [zero_shot(cfg, inputs, out, f"{cfg.name}-sweep")]
-    with timer.stage("start Ray"):
-        ray_layer.init(address)
-        ray_layer.check_fits(cfg)
     with timer.stage(f"Ray Tune sweep over {', '.join(cfg.search.space)}"):
         try:
             outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log)
@@ -109,14 +112,48 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tra
 
 
 def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], timer: Timer,
-           notes: str = "") -> tuple[Path, str]:
+           notes: str = "") -> tuple[Path, str, bool]:
     """Report from Parquet (with each run's own section in runs/<run_id>/report.md), then log
-    everything to MLflow: the report on the sweep's run, each section on its run's."""
+    everything to MLflow: the report on the sweep's run, each section on its run's.
+    Returns (the report, the tracking URI, whether MLflow got everything: if not, one
+    warning was printed and the sweep waits for `harness sync-mlflow`)."""
     with timer.stage("report"):
         md = report.write(results_dir(out), out / "report.md", title=f"{name}: OoD detection report", notes=notes,
                           run_sections=out / "runs")
     with timer.stage("log to MLflow"):
         artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
         sections = {r.run_id: [out / "runs" / r.run_id / "report.md"] for r in records}
-        uri = tracking.log_sweep(cfg, out, name, records, artifacts, run_artifacts=sections)
-    return md, uri
+        uri, synced = tracking.log_or_defer(cfg, out, name, records, artifacts, run_artifacts=sections)
+    return md, uri, synced
+
+
+def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
+    """Log the sweeps that MLflow missed (tracking.pending) from the Parquet tables and run
+    directories, to ``uri`` or each sweep's own store; returns how many are still pending.
+    Safe to repeat: a synced sweep leaves the list, and logging a run again replaces it."""
+    entries = tracking.pending(out)
+    if not entries:
+        log(f"nothing to sync: no sweep of {out} waits for MLflow")
+        return 0
+    runs = results.read(results_dir(out), results.RUNS)
+    for done, (name, entry) in enumerate(entries.items()):
+        records = [_stored_record(out, runs, rid) for rid in entry["run_ids"]]
+        target, synced = tracking.log_or_defer(
+            Config.model_validate(entry["config"]), out, name, records, [Path(p) for p in entry["artifacts"]],
+            {rid: [Path(p) for p in paths] for rid, paths in entry["run_artifacts"].items()},
+            uri=uri or entry["tracking_uri"])
+        if not synced:  # warned once; the others would fail the same way
+            return len(entries) - done
+        log(f"synced {name}: {len(records)} run(s) to {target}")
+    return 0
+
+
+def _stored_record(out: Path, runs, run_id: str) -> tracking.Record:
+    """A run as MLflow logs it, rebuilt from its Parquet row and its run directory's summary."""
+    rows = runs[runs["run_id"] == run_id] if not runs.empty else runs
+    if rows.empty:
+        raise ValueError(f"run {run_id} waits for MLflow but has no row in {results_dir(out) / 'runs.parquet'}")
+    row = rows.iloc[-1]
+    summary_file = out / "runs" / run_id / "result.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() and row["status"] != "failed" else None
+    return tracking.Record(run_id, Config.model_validate_json(row["config_json"]), summary, row["status"])
