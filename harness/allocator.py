@@ -6,6 +6,7 @@ batch-sized tensors (a few MiB) come from the heap instead. Small tensors kept b
 batches (embeddings, keys) then pin the heap's top and it cannot shrink: peak memory of a
 streaming evaluation grows with the data although the live data does not
 (reports/bench.md, "memory vs data size"). Fixing the threshold turns the dynamic raise off.
+Set HARNESS_MALLOC_DEFAULTS=1 to keep glibc's defaults (the benchmark's comparison does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 1 << 20
@@ -25,6 +27,8 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     Returns whether the allocator took the setting; False off glibc (macOS, musl), where the
     call is not available and the heap behaves differently anyway.
     """
+    if os.environ.get("HARNESS_MALLOC_DEFAULTS") == "1":
+        return False
     name = ctypes.util.find_library("c")
     if not name:
         return False

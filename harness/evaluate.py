@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from harness import metrics, negatives
+from harness import allocator, metrics, negatives
 from harness.config import EvalConfig
 from harness.data.badsamples import BadDataError
 from harness.data.pipeline import eval_pipeline
@@ -75,6 +75,7 @@ def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: i
                   num_classes: int | None = None, allow_bad: bool = False) -> Embeddings:
     """Every sample of ``urls``, in order; a bad one raises BadDataError naming its shard and key
     unless ``allow_bad`` (harness.data.pipeline.eval_pipeline has the rules and arguments)."""
+    allocator.fix_mmap_threshold()  # else the heap, not the data, grows with the number of batches
     model.eval()
     feats, labels, keys = [], [], []
     for images, batch_labels, batch_keys in eval_pipeline(urls, transform, batch_size, shard_samples=shard_samples,

@@ -114,7 +114,7 @@ def neglabel_vs_mm(ctx: BenchContext, reps: int) -> tuple[list[Row], list[str]]:
         "The working-memory figure varies between runs (199 to 262 MiB at 10x seen here) with glibc's heap: "
         f"the class part of each chunk ({min(chunk, n) * classes * 4 / 2**20:.0f} MiB) is under glibc's "
         "dynamic mmap threshold once it has risen, so it comes from the heap and fragments it (see "
-        "5. memory for the same effect and MALLOC_MMAP_THRESHOLD_); the chunked computation itself holds "
+        "5. memory for the same effect and harness.allocator); the chunked computation itself holds "
         "one chunk.",
     ]
     if not ctx.full and not ctx.smoke:
