@@ -32,7 +32,8 @@ from harness.config import Config
 from harness.data import badsamples
 
 # 2: runs gained suite, device and every gap_* measure; sample_scores gained key.
-SCHEMA_VERSION = 2
+# 3: runs gained bad_samples_train (and one column per reason) and bad_samples_eval; status may be diverged.
+SCHEMA_VERSION = 3
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
 
