@@ -19,6 +19,7 @@ manifest). Given the manifest's per-shard counts, a shard that ends early is bad
 
 from __future__ import annotations
 
+import json
 import random
 import tarfile
 from typing import Callable, Iterable, Iterator, Sequence
@@ -104,11 +105,29 @@ def _decoded(sample: dict, to_tensor: Callable) -> torch.Tensor:
         raise _Bad("image", f"unreadable image ({type(err).__name__}: {text})") from err
 
 
+def sample_label(sample: dict) -> int:
+    """A sample's class: its ``cls`` field, else ``label`` or ``cls`` in its ``json`` (the public
+    ImageNet WebDataset layouts), else -1 (OoD sets carry none). ValueError when unparsable.
+
+    ``json`` is parsed only when ``cls`` is absent: our own shards carry both, and parsing
+    JSON for every sample would cost throughput for nothing."""
+    if "cls" in sample:
+        return int(sample["cls"])  # ASCII digits, bytes or str; int() ignores surrounding whitespace
+    if "json" not in sample:
+        return -1
+    meta = sample["json"]
+    meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+    value = next((meta[k] for k in ("label", "cls") if isinstance(meta, dict) and k in meta), -1)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):  # 3.0, [3], null: not a class index
+        raise ValueError(f"json label {value!r} is not an integer")
+    return int(value)
+
+
 def _label(sample: dict, num_classes: int | None) -> int:
-    """The ``cls`` field as an int (-1 when absent, as in OoD sets), within 0..num_classes-1 if given."""
+    """The sample's class (:func:`sample_label`), within 0..num_classes-1 if given."""
     try:
-        label = int(sample.get("cls", -1))
-    except ValueError as err:
+        label = sample_label(sample)
+    except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Bad("label", f"unparsable label ({err})") from err
     if num_classes is not None and not 0 <= label < num_classes:
         raise _Bad("label", f"class {label} outside 0..{num_classes - 1}")
@@ -312,7 +331,7 @@ def decoded_captions(sample: dict) -> str:
 def class_prompt(classnames: Sequence[str], template: str) -> Callable[[dict], str]:
     """The ID task pairs each image with the prompt of its class."""
     def caption(sample: dict) -> str:
-        label = int(sample["cls"])
+        label = sample_label(sample)
         if not 0 <= label < len(classnames):
             raise ValueError(f"sample {sample.get('__key__')} has class {label}, outside 0..{len(classnames) - 1}")
         return template.format(classnames[label])
