@@ -54,7 +54,40 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--out", type=Path, required=True, help="the --out directory of the train / sweep / demo")
     sync.add_argument("--tracking-uri", default=None, metavar="URI",
                       help="log there instead of each sweep's own tracking.mlflow_uri (e.g. the server moved)")
+    _shards_parser(sub)
     return parser
+
+
+def _shards_parser(sub) -> None:
+    shards = sub.add_parser("shards", help="real image collections into shards + manifest (or index foreign shards)")
+    kinds = shards.add_subparsers(dest="source", required=True)
+    folder = kinds.add_parser("imagefolder", help="root/<class>/<image> (ImageNet train/val by wnid)")
+    folder.add_argument("src", type=Path, help="the tree's root (one folder per class)")
+    imglist = kinds.add_parser("imagelist", help="an OpenOOD v1.5 image list: 'relative/path label' per line")
+    imglist.add_argument("src", type=Path, help="the list file, e.g. benchmark_imglist/imagenet/test_ssb_hard.txt")
+    imglist.add_argument("--root", type=Path, required=True, help="the folder the listed paths are relative to")
+    mos = kinds.add_parser("mos", help="a MOS OoD set: every image below a folder (label -1)")
+    mos.add_argument("src", type=Path, help="the set's folder, e.g. iNaturalist/")
+    for p in (folder, imglist, mos):
+        p.add_argument("out", type=Path, help="dataset directory to write (shards + manifest.json)")
+        p.add_argument("--name", required=True, help="dataset name: shard prefix and sample keys ([A-Za-z0-9_-])")
+        p.add_argument("--kind", choices=("id", "ood"), default=None,
+                       help="default: id for imagefolder (and for imagelist with --classnames), else ood")
+        p.add_argument("--classnames", default=None, metavar="imagenet|FILE",
+                       help="class names: open_clip's ImageNet names or a file, one a line "
+                            "(imagefolder default: ImageNet names for 1000 wnid folders, else the folder names)")
+        p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+        p.add_argument("--resize", type=int, default=None, metavar="N",
+                       help="re-encode with the shorter side at most N pixels (default: original bytes)")
+        p.add_argument("--workers", type=int, default=1, metavar="N", help="local writer processes (default 1)")
+        p.add_argument("--address", default=None,
+                       help="write shards as Ray tasks on this cluster ('auto': the running one; 'local': start one)")
+    index = kinds.add_parser("index", help="write manifest.json for existing shards (counts and checksums)")
+    index.add_argument("out", type=Path, metavar="DIR", help="directory holding the .tar shards (searched recursively)")
+    index.add_argument("--name", required=True, help="dataset name")
+    index.add_argument("--kind", choices=("id", "ood", "pretrain"), default=None,
+                       help="default: id with --classnames, else ood")
+    index.add_argument("--classnames", default=None, metavar="imagenet|FILE", help="class names (ID datasets)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "sync-mlflow":
             return _sync_mlflow(args)
+        if args.command == "shards":
+            return _shards(args)
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args))
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
@@ -177,6 +212,34 @@ def _sync_mlflow(args) -> int:
 
     left = driver.sync_mlflow(out, tracking.strip_credentials(args.tracking_uri))
     return 1 if left else 0
+
+
+def _shards(args) -> int:
+    from harness.data import writers
+
+    try:
+        names = writers.read_classnames(args.classnames) if args.classnames else []
+        kind = args.kind or ("id" if names or args.source == "imagefolder" else "ood")
+        if args.source == "index":
+            writers.index_shards(args.out, args.name, kind, names)
+            return 0
+        for option in ("shard_size", "workers"):
+            if getattr(args, option) < 1:
+                raise UsageError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+        if args.resize is not None and args.resize < 1:
+            raise UsageError(f"--resize must be >= 1, got {args.resize}")
+        if args.source == "imagefolder":
+            items, found = writers.imagefolder_items(args.src)
+            names = names or found
+        elif args.source == "imagelist":
+            items = writers.imagelist_items(args.src, args.root)
+        else:
+            items = writers.mos_items(args.src)
+        writers.write_items(items, args.out, args.name, kind, names, args.shard_size, args.resize, args.workers,
+                            args.address)
+    except writers.SourceError as err:
+        raise UsageError(str(err)) from None
+    return 0
 
 
 if __name__ == "__main__":
