@@ -71,18 +71,46 @@ def resolve_weights(arch: str, spec: str | None) -> str | None:
                          f"known tags: {', '.join(tags) or 'none'}; or give a checkpoint path")
     cached = _cached_pretrained_file(arch, spec)
     if cached is None:
-        pcfg = open_clip.get_pretrained_cfg(arch, spec)
-        raise WeightsNotFound(
-            f"weights {arch}/{spec} are not on this machine and the harness never downloads. "
-            f"On a machine with internet, fetch {pcfg.get('url') or 'the file'} "
-            f"(or the Hugging Face repo {pcfg.get('hf_hub', '?')}) and either pass "
-            f"--set model.pretrained=/path/to/file or copy it into {_url_cache_dir()}")
+        raise WeightsNotFound(_where_to_put(arch, spec))
     return cached
 
 
 def _url_cache_dir() -> Path:
     # open_clip's download_pretrained_from_url default location.
     return Path("~/.cache/clip").expanduser()
+
+
+def _hf_hub_dir() -> Path:
+    # Read at call time (huggingface_hub's own constant is frozen at import): HF_HUB_CACHE, else HF_HOME/hub.
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+
+
+def _hf_repo_and_names(hub: str) -> tuple[str, tuple[str, ...]]:
+    # open_clip's hf_hub is "org/repo/" (open_clip's file names) or "org/repo/file".
+    if hub.endswith("/"):
+        return hub.rstrip("/"), _HF_FILENAMES
+    repo_id, filename = os.path.split(hub)
+    return repo_id, (filename,)
+
+
+def _where_to_put(arch: str, tag: str) -> str:
+    """The exact places the resolver looks, so a user can copy the file there."""
+    pcfg = open_clip.get_pretrained_cfg(arch, tag)
+    places = []
+    if pcfg.get("hf_hub"):
+        repo_id, names = _hf_repo_and_names(pcfg["hf_hub"])
+        snapshot = _hf_hub_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "<any-name>"
+        alternatives = "".join(f" (or {n})" for n in names[1:])
+        places.append(f"the Hugging Face cache: {snapshot / names[0]}{alternatives} (from https://huggingface.co/{repo_id}; "
+                      f"`huggingface-cli download {repo_id} {names[0]}` on a machine with internet fills it, "
+                      "HF_HUB_CACHE / HF_HOME move it)")
+    if pcfg.get("url"):
+        places.append(f"open_clip's cache: {_url_cache_dir() / os.path.basename(pcfg['url'])} (from {pcfg['url']})")
+    return (f"model.pretrained: weights {arch}/{tag} are not on this machine and the harness never downloads. "
+            f"Put the file at {' or at '.join(places)}; "
+            "or give its path: --set model.pretrained=/path/to/file")
 
 
 def _cached_pretrained_file(arch: str, tag: str) -> str | None:
@@ -94,13 +122,18 @@ def _cached_pretrained_file(arch: str, tag: str) -> str | None:
             return str(candidate)
     hub = pcfg.get("hf_hub", "")
     if hub:
-        from huggingface_hub import try_to_load_from_cache  # a dependency of open_clip
-
-        repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-        for name in (filename,) if filename else _HF_FILENAMES:
-            found = try_to_load_from_cache(repo_id, name)
-            if isinstance(found, str):
-                return found
+        repo_id, names = _hf_repo_and_names(hub)
+        # The hub layout: models--org--repo/snapshots/<revision>/<file> (refs/main names the revision).
+        repo_dir = _hf_hub_dir() / f"models--{repo_id.replace('/', '--')}"
+        ref = repo_dir / "refs" / "main"
+        revisions = [ref.read_text().strip()] if ref.is_file() else []
+        if (repo_dir / "snapshots").is_dir():
+            revisions += sorted(p.name for p in (repo_dir / "snapshots").iterdir())
+        for revision in revisions:
+            for name in names:
+                candidate = repo_dir / "snapshots" / revision / name
+                if candidate.is_file():
+                    return str(candidate)
     return None
 
 

@@ -57,3 +57,40 @@ def test_a_cached_openai_file_is_found(tmp_path, monkeypatch):
     (url_cache / name).write_bytes(b"weights")
     assert models.resolve_weights("ViT-B-16", "openai") == str(url_cache / name)
     assert models.resolve_weights("tiny-vit-32", None) is None
+
+
+def test_openai_weights_resolve_from_a_hugging_face_cache_and_load(tmp_path, monkeypatch):
+    # A real hub layout (refs/main -> snapshots/<rev>/open_clip_pytorch_model.bin) under HF_HUB_CACHE; the
+    # file is a tiny-vit-32 state dict (ViT-B/16 weights are 600 MB), so resolve as ViT-B-16, load as tiny.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(models.WeightsNotFound) as missing:
+        models.resolve_weights("ViT-B-16", "openai")
+    expected = (tmp_path / "hub" / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "<any-name>"
+                / "open_clip_model.safetensors")
+    message = str(missing.value)
+    assert str(expected) in message and str(tmp_path / ".cache" / "clip" / "ViT-B-16.pt") in message
+    assert "(or open_clip_pytorch_model.bin)" in message and "--set model.pretrained=/path/to/file" in message
+    torch.manual_seed(1)
+    original = models.build("tiny-vit-32", None)
+    repo = tmp_path / "hub" / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    placed = models.save_weights(original.model, repo / "snapshots" / "abc123" / "open_clip_pytorch_model.bin")
+    resolved = models.resolve_weights("ViT-B-16", "openai")
+    assert resolved == str(placed)
+    loaded = models.build("tiny-vit-32", resolved)
+    for (name, a), (_, b) in zip(original.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_preflight_names_where_the_weights_go_before_any_compute(tmp_path, monkeypatch):
+    from harness import config as config_mod, preflight
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = config_mod.load(config_mod.Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml",
+                          ["model.arch=ViT-B-16", "model.pretrained=openai"])
+    with pytest.raises(preflight.PreflightError, match="models--timm--vit_base_patch16_clip_224.openai.*"
+                                                       "model.pretrained=/path/to/file"):
+        preflight.check_model(cfg)
