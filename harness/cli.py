@@ -55,7 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", default=None, metavar="URI",
                       help="log there instead of each sweep's own tracking.mlflow_uri (e.g. the server moved)")
     _shards_parser(sub)
+    _negatives_parser(sub)
     return parser
+
+
+def _negatives_parser(sub) -> None:
+    from harness.config import EvalConfig
+
+    ev = EvalConfig()  # the config's defaults, so a mined file matches an evaluation run's prompts
+    neg = sub.add_parser("negatives", help="NegLabel's candidates from WordNet 3.0, mined with a model (NegMining)")
+    neg.add_argument("out", type=Path, help="mined list to write (kind<TAB>word lines under a provenance header); "
+                                            "the candidates go beside it as <out>.candidates.tsv")
+    neg.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"),
+                     help="WordNet 3.0 database directory with data.noun, data.adj (default: Debian's wordnet-base)")
+    neg.add_argument("--classnames", default="imagenet", metavar="imagenet|FILE",
+                     help="ID class names: excluded from the candidates and mined against (default: ImageNet-1k)")
+    neg.add_argument("--arch", default="ViT-B-16", help="open_clip architecture (default ViT-B-16, the paper's)")
+    neg.add_argument("--pretrained", default="openai", metavar="TAG|FILE|none",
+                     help="an open_clip tag whose file is cached (default openai), a checkpoint path, "
+                          "or none (random weights)")
+    neg.add_argument("--percentile", type=float, default=ev.neg_percentile,
+                     help=f"NegMining's percentile eta of the similarity to the ID prompts (default {ev.neg_percentile})")
+    neg.add_argument("--ratio", type=float, default=ev.neg_ratio,
+                     help=f"share of the least ID-like nouns and of adjectives kept (default {ev.neg_ratio})")
+    neg.add_argument("--eval-prompt", default=ev.eval_prompt, help=f"ID prompt (default {ev.eval_prompt!r})")
+    neg.add_argument("--noun-prompt", default=ev.noun_prompt, help=f"default {ev.noun_prompt!r}")
+    neg.add_argument("--adjective-prompt", default=ev.adjective_prompt, help=f"default {ev.adjective_prompt!r}")
+    neg.add_argument("--limit", type=int, default=None, metavar="N",
+                     help="only the first N candidates of each kind (a quick check, not the method)")
+    neg.add_argument("--batch-size", type=int, default=512, help="prompts per text-encoder batch (default 512)")
+    neg.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
 
 
 def _shards_parser(sub) -> None:
@@ -101,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sync_mlflow(args)
         if args.command == "shards":
             return _shards(args)
+        if args.command == "negatives":
+            return _negatives(args)
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args))
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
@@ -239,6 +270,45 @@ def _shards(args) -> int:
                             args.address)
     except writers.SourceError as err:
         raise UsageError(str(err)) from None
+    return 0
+
+
+def _negatives(args) -> int:
+    """Checks every input before the model is built, then writes the candidates and the mined list."""
+    from harness import wordnet
+    from harness.data import writers
+    from harness.negatives import mine_to_file
+
+    if not 0 <= args.percentile <= 100:
+        raise UsageError(f"--percentile must be in [0, 100], got {args.percentile}")
+    if not 0 < args.ratio <= 1:
+        raise UsageError(f"--ratio must be in (0, 1], got {args.ratio}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    for key in ("eval_prompt", "noun_prompt", "adjective_prompt"):
+        if getattr(args, key).count("{}") != 1:
+            raise UsageError(f"--{key.replace('_', '-')} must contain exactly one '{{}}' placeholder")
+    pretrained = None if args.pretrained in (None, "none", "null") else args.pretrained
+    try:
+        names = writers.read_classnames(args.classnames)
+        preflight.check_model_weights(args.arch, pretrained, field="--pretrained")
+        selection = wordnet.select(args.wordnet, exclude=names)
+    except (writers.SourceError, wordnet.WordNetError) as err:
+        raise UsageError(str(err)) from None
+    candidates = selection.candidates
+    if args.limit is not None:
+        candidates = [c for kind in ("noun", "adj") for c in [c for c in candidates if c.kind == kind][:args.limit]]
+    provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0",
+                  "selection": "nouns: noun.* except noun.animal, noun.food; adjectives: adj.all, adj.pert, "
+                               "adj.ppl; the first lemma of each synset, de-duplicated, ID class names dropped",
+                  "counts": selection.counts, "limit": args.limit, "classnames": args.classnames}
+    cand_path = args.out.with_name(args.out.name + ".candidates.tsv")
+    wordnet.write_candidates(candidates, cand_path, header=[f"NegLabel candidates from WordNet 3.0 at {args.wordnet}"])
+    record = mine_to_file(candidates, names, args.out, args.arch, pretrained, args.percentile, args.ratio,
+                          args.eval_prompt, args.noun_prompt, args.adjective_prompt, provenance,
+                          args.batch_size, args.device)
+    print(f"candidates: {record['candidates']} -> {cand_path}\nmined:      {record['mined']} -> {args.out}\n"
+          f"use it: --set eval.negatives={args.out.resolve()}")
     return 0
 
 

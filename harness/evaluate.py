@@ -114,8 +114,11 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     candidates = [c for c in candidates if c.word.lower() not in id_words]  # an ID label is never a negative
     cand_features = encode_texts(model, tokenizer,
                                  negatives.prompts(candidates, cfg.noun_prompt, cfg.adjective_prompt), device=device)
-    keep = negatives.mine(class_features, cand_features, [c.kind for c in candidates],
-                          cfg.neg_percentile, cfg.neg_ratio)
+    if negatives.is_mined(negatives_path):  # written by `harness negatives`: already NegMining's choice
+        keep = list(range(len(candidates)))
+    else:
+        keep = negatives.mine(class_features, cand_features, [c.kind for c in candidates],
+                              cfg.neg_percentile, cfg.neg_ratio)
     scale = float(model.logit_scale.exp().item())
     return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], scale, tuple(classnames))
 

@@ -63,3 +63,67 @@ def mine(id_text: torch.Tensor, candidate_text: torch.Tensor, kinds: list[str],
         order = torch.argsort(closeness[members], stable=True)
         keep.extend(members[order[:count]].tolist())
     return sorted(keep)
+
+
+# A mined list (written by `harness negatives`) starts with this line; evaluation uses such a file
+# as the final negatives instead of mining it again (15% of 15% would be silently wrong).
+MINED_MARKER = "# harness negatives: mined"
+
+
+def is_mined(path: str | Path) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().rstrip("\n") == MINED_MARKER
+
+
+def read_provenance(path: str | Path) -> dict:
+    """The JSON provenance line of a mined file (``# provenance: {...}``)."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            if line.startswith("# provenance: "):
+                return json.loads(line[len("# provenance: "):])
+    raise ValueError(f"{path}: no '# provenance: ' line (not written by `harness negatives`)")
+
+
+def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | Path, arch: str,
+                 pretrained: str | None, percentile: float, ratio: float, eval_prompt: str,
+                 noun_prompt: str, adjective_prompt: str, provenance: dict, batch_size: int = 512,
+                 device: str = "cpu") -> dict:
+    """Encode ID prompts and candidate prompts with ``arch``/``pretrained``, keep NegMining's choice,
+    write ``out`` (marker, provenance, ``kind<TAB>word`` lines). Returns the provenance written."""
+    import json
+    from datetime import datetime, timezone
+
+    from harness import models
+    from harness.evaluate import encode_texts
+
+    weights = models.resolve_weights(arch, pretrained)
+    bundle = models.build(arch, weights)
+    model = bundle.model.to(device)
+    with torch.no_grad():
+        id_text = encode_texts(model, bundle.tokenizer, [eval_prompt.format(c) for c in classnames],
+                               batch_size, device)
+        cand_text = encode_texts(model, bundle.tokenizer, prompts(candidates, noun_prompt, adjective_prompt),
+                                 batch_size, device)
+    keep = mine(id_text, cand_text, [c.kind for c in candidates], percentile, ratio)
+    mined = [candidates[i] for i in keep]
+    record = dict(provenance)
+    record.update({
+        "model_arch": arch, "model_pretrained": pretrained, "weights_file": weights,
+        "percentile": percentile, "ratio": ratio, "eval_prompt": eval_prompt, "noun_prompt": noun_prompt,
+        "adjective_prompt": adjective_prompt, "id_classes": len(classnames),
+        "candidates": {k: sum(c.kind == k for c in candidates) for k in KINDS},
+        "mined": {k: sum(c.kind == k for c in mined) for k in KINDS},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [MINED_MARKER, "# provenance: " + json.dumps(record, sort_keys=True)]
+    lines += [f"{c.kind}\t{c.word}" for c in mined]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
+    return record

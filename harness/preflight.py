@@ -141,10 +141,25 @@ def check_model(cfg: Config) -> None:
             raise PreflightError("model.pretrained: 'synthetic' needs data.source=synthetic (it is pretrained "
                                  "on that corpus); give a checkpoint path, an open_clip tag or null")
         return
+    check_model_weights(cfg.model.arch, cfg.model.pretrained)
+
+
+def check_model_weights(arch: str, pretrained: str | None, field: str = "model.pretrained") -> None:
+    """The architecture exists and its weights are on this machine (the message says where they go)."""
+    import open_clip
+
+    from harness import models
+
+    if arch not in open_clip.list_models():
+        raise PreflightError(f"{field.replace('pretrained', 'arch')}: unknown model {arch!r} (allowed: open_clip's "
+                             f"{', '.join(open_clip.list_models())})")
     try:
-        models.resolve_weights(cfg.model.arch, cfg.model.pretrained)
+        models.resolve_weights(arch, pretrained)
     except (FileNotFoundError, ValueError) as err:  # both messages name model.pretrained
-        raise PreflightError(str(err)) from None
+        message = str(err)
+        if field != "model.pretrained":  # a CLI flag: name it, and the flag to give a path with
+            message = f"{field}: " + message.replace("--set model.pretrained=", f"{field} ")
+        raise PreflightError(message) from None
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:
