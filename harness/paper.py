@@ -43,6 +43,7 @@ ID_ACCURACY = {"zero-shot": 66.60, "flyp": 82.58, "cma": 82.64}  # ImageNet-1k t
 
 _ALIASES = {"inaturalist": "iNaturalist", "inat": "iNaturalist", "sun": "SUN", "places": "Places",
             "places365": "Places", "textures": "Textures", "texture": "Textures", "dtd": "Textures",
+            "texturesopenood": "Textures",  # OpenOOD v1.5's 5,160 (harness.suites), MOS's is 5,640
             "ssbhard": "SSB-hard", "ninco": "NINCO", "openimageo": "OpenImage-O"}
 
 

@@ -1,0 +1,57 @@
+"""cluster.yaml against the cluster-launcher schema shipped in the installed ray package."""
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_validates_against_rays_schema(cluster):
+    jsonschema.validate(cluster, SCHEMA)
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda c: c.pop("provider"),
+    lambda c: c["available_node_types"]["gpu_a10g"]["resources"].update(GPU=-1),
+    lambda c: c.update(setup_comands=c["setup_commands"]),  # a typo'd key
+])
+def test_schema_catches_broken_configs(cluster, break_it):
+    """The validation above can fail: the same schema rejects these edits of our file."""
+    broken = copy.deepcopy(cluster)
+    break_it(broken)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_cluster_has_what_the_protocol_needs(cluster):
+    nodes = cluster["available_node_types"]
+    head = nodes[cluster["head_node_type"]]
+    assert head["resources"].get("GPU") == 0  # no trial worker on the head
+    gpus = [n for n in nodes.values() if n["resources"].get("GPU", 0) > 0]
+    assert gpus and any(n["max_workers"] > 0 for n in gpus)
+    assert cluster["provider"]["type"] == "aws"
+    setup = " ".join(cluster["setup_commands"])
+    assert "pip install" in setup and "-e ~/harness" in setup and cluster["file_mounts"]["~/harness"] == "."
+    assert "/mnt/efs" in setup  # shared storage for shards, checkpoints, results, MLflow
+    head_cmds = " ".join(cluster["head_start_ray_commands"])
+    # MLflow and the dashboard on loopback only: reached through ssh forwarding, never exposed.
+    assert "mlflow server --host 127.0.0.1 --port 5000" in head_cmds and "--dashboard-host=127.0.0.1" in head_cmds
+    for name in ("imagenet-cma", "imagenet-flyp", "imagenet-lambda"):
+        sweep = yaml.safe_load((REPO / "sweeps" / f"{name}.yaml").read_text())
+        assert sweep["tracking"]["mlflow_uri"] == "http://127.0.0.1:5000"
+        per_run_gpus = sweep["resources"]["num_workers"] * sweep["resources"]["gpus_per_worker"]
+        assert any(n["resources"]["GPU"] * n["max_workers"] >= per_run_gpus for n in gpus), name
+        assert all(sweep["resources"]["cpus_per_worker"] * n["resources"]["GPU"] <= n["resources"]["CPU"]
+                   for n in gpus), name
