@@ -33,8 +33,12 @@ class ClipBundle:
     tokenizer: Callable[[list[str]], torch.Tensor]
 
 
-def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] = (0.9, 1.0)) -> ClipBundle:
+def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] = (0.9, 1.0),
+          quick_gelu: bool = False) -> ClipBundle:
     """Build ``arch`` with ``weights`` (a local checkpoint path, or None for random init).
+
+    ``quick_gelu``: the activation OpenAI's weights were trained with (see ``needs_quick_gelu``);
+    open_clip only sets it itself when given the tag, and the harness gives it a path.
 
     The train transform is the method's RandomResizedCrop(scale=train_crop_scale, bicubic);
     the eval transform is Resize + CenterCrop, both from open_clip so they match its models.
@@ -46,6 +50,7 @@ def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] 
         pretrained=weights,
         aug_cfg={"scale": train_crop_scale},
         output_dict=True,
+        force_quick_gelu=quick_gelu,
         weights_only=True,  # never unpickle arbitrary objects from a checkpoint
     )
     return ClipBundle(model, train_tf, eval_tf, open_clip.get_tokenizer(arch))
@@ -73,6 +78,14 @@ def resolve_weights(arch: str, spec: str | None) -> str | None:
     if cached is None:
         raise WeightsNotFound(_where_to_put(arch, spec))
     return cached
+
+
+def needs_quick_gelu(arch: str, spec: str | None) -> bool:
+    """True when ``model.pretrained`` is an open_clip tag trained with QuickGELU (e.g. ViT-B-16 openai):
+    building ViT-B-16 from that file without it would silently use nn.GELU."""
+    if spec is None or arch.endswith("-quickgelu") or spec not in open_clip.list_pretrained_tags_by_model(arch):
+        return False
+    return bool(open_clip.get_pretrained_cfg(arch, spec).get("quick_gelu", False))
 
 
 def _url_cache_dir() -> Path:

@@ -101,7 +101,7 @@ def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | 
     from harness.evaluate import encode_texts
 
     weights = models.resolve_weights(arch, pretrained)
-    bundle = models.build(arch, weights)
+    bundle = models.build(arch, weights, quick_gelu=models.needs_quick_gelu(arch, pretrained))
     model = bundle.model.to(device)
     with torch.no_grad():
         id_text = encode_texts(model, bundle.tokenizer, [eval_prompt.format(c) for c in classnames],

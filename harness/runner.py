@@ -116,7 +116,8 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
     try:
         classnames = check_class_lists({name: read_manifest(paths.dataset(name))
                                         for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
-        bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None)
+        bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
+                              quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
         model = ctx.prepare_model(bundle.model)
         resumed_from = None
         if cfg.schedule.epochs:

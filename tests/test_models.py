@@ -94,3 +94,18 @@ def test_preflight_names_where_the_weights_go_before_any_compute(tmp_path, monke
     with pytest.raises(preflight.PreflightError, match="models--timm--vit_base_patch16_clip_224.openai.*"
                                                        "model.pretrained=/path/to/file"):
         preflight.check_model(cfg)
+
+
+def test_openai_tags_build_with_quick_gelu_even_from_a_path(tmp_path):
+    # open_clip sets QuickGELU only when handed the tag; the harness hands it the resolved file.
+    assert models.needs_quick_gelu("ViT-B-16", "openai")
+    assert not models.needs_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")  # trained with nn.GELU
+    assert not models.needs_quick_gelu("ViT-B-16-quickgelu", "openai")  # the arch has it already
+    assert not models.needs_quick_gelu("ViT-B-16", str(tmp_path / "w.pt"))
+    assert not models.needs_quick_gelu("ViT-B-16", None)
+
+    def activations(bundle):
+        return {type(m).__name__ for m in bundle.model.modules() if "GELU" in type(m).__name__}
+
+    assert activations(models.build("tiny-vit-32", None, quick_gelu=True)) == {"QuickGELU"}
+    assert activations(models.build("tiny-vit-32", None)) == {"GELU"}
