@@ -45,15 +45,41 @@ def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] 
     """
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown model.arch {arch!r}; open_clip knows: {', '.join(open_clip.list_models())}")
+    scripted = weights is not None and _is_torchscript(weights)
     model, train_tf, eval_tf = open_clip.create_model_and_transforms(
         arch,
-        pretrained=weights,
+        pretrained=None if scripted else weights,
         aug_cfg={"scale": train_crop_scale},
         output_dict=True,
         force_quick_gelu=quick_gelu,
         weights_only=True,  # never unpickle arbitrary objects from a checkpoint
     )
+    if scripted:
+        _load_torchscript_weights(model, weights)
     return ClipBundle(model, train_tf, eval_tf, open_clip.get_tokenizer(arch))
+
+
+def _is_torchscript(path: str) -> bool:
+    # OpenAI's own files (open_clip's URL cache, e.g. ~/.cache/clip/ViT-B-16.pt) are TorchScript archives,
+    # which torch.load refuses with weights_only=True; a plain state dict has no code/ inside.
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
+    """The tensors of a TorchScript CLIP (OpenAI's format; names match open_clip's CLIP)."""
+    state = torch.jit.load(path, map_location="cpu").state_dict()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"model.pretrained: {path} is a TorchScript archive without {len(missing)} of the "
+                         f"model's tensors (e.g. {missing[:3]}): not a CLIP of this architecture")
+    # Extra entries (input_resolution, context_length, vocab_size, attn_mask) are not weights.
+    model.load_state_dict({k: state[k] for k in expected})
 
 
 def resolve_weights(arch: str, spec: str | None) -> str | None:

@@ -109,3 +109,24 @@ def test_openai_tags_build_with_quick_gelu_even_from_a_path(tmp_path):
 
     assert activations(models.build("tiny-vit-32", None, quick_gelu=True)) == {"QuickGELU"}
     assert activations(models.build("tiny-vit-32", None)) == {"GELU"}
+
+
+@pytest.mark.filterwarnings("ignore")  # torch.jit.trace's tracer warnings, about the trace, not the test
+def test_an_openai_style_torchscript_file_in_the_url_cache_loads(tmp_path, monkeypatch):
+    # OpenAI's ViT-B-16.pt is a TorchScript archive; torch.load(weights_only=True) refuses those.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    torch.manual_seed(2)
+    original = models.build("tiny-vit-32", None).model.eval()
+    tokens = models.build("tiny-vit-32", None).tokenizer(["a"])
+    traced = torch.jit.trace(original, (torch.randn(1, 3, 32, 32), tokens), strict=False)
+    placed = tmp_path / ".cache" / "clip" / "ViT-B-16.pt"
+    placed.parent.mkdir(parents=True)
+    traced.save(str(placed))
+    resolved = models.resolve_weights("ViT-B-16", "openai")
+    assert resolved == str(placed)
+    loaded = models.build("tiny-vit-32", resolved).model
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="TorchScript archive without"):
+        models.build("ViT-B-16", resolved)
