@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return cli.main(argv)
-    except ConnectionError as err:  # --address auto with no cluster: preflight cannot probe "auto"
+    except ConnectionError as err:  # the cluster went away between preflight's lookup and ray.init
         print(f"harness.entry {argv[0]}: no Ray cluster to join ({err}); start one (ray up cluster.yaml) "
               "or pass --address HOST:PORT", file=sys.stderr)
         return 2

@@ -165,7 +165,7 @@ def check_model_weights(arch: str, pretrained: str | None, field: str = "model.p
 def check_address(address: str, timeout_s: float = 5.0) -> None:
     """An existing cluster answers at ``address``: ray.init would otherwise retry for minutes."""
     if address == "auto":
-        return
+        address = _running_cluster()
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -175,6 +175,20 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
     except OSError as err:
         raise PreflightError(f"--address {address}: no Ray cluster answers there "
                              f"({err.strerror or err}); start one with `ray start --head`") from None
+
+
+def _running_cluster() -> str:
+    """The address ``auto`` stands for (RAY_ADDRESS, else the cluster this machine started last)."""
+    from ray._private.services import canonicalize_bootstrap_address  # Ray's own lookup for "auto"
+
+    try:
+        found = canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise PreflightError("--address auto: no running Ray cluster found on this machine (nor in RAY_ADDRESS); "
+                             "start one with `ray start --head`, or leave --address out to start a local one")
+    return found
 
 
 def check_report(dirs: list[Path], scores: list[str], suites: list[str], output: Path | None) -> None:

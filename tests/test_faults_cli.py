@@ -84,6 +84,7 @@ TRAIN_CASES = {
     "nobody at address": (["train", "{config}", "--address", "127.0.0.1:{port}"],
                           ["--address 127.0.0.1:{port}: no Ray cluster answers there"]),
     "malformed address": (["train", "{config}", "--address", "headnode"], ["--address 'headnode': expected HOST:PORT"]),
+    "auto without a cluster": (["train", "{config}", "--address", "auto"], ["--address auto: no running Ray cluster"]),
     "file tracking store": (["train", "{config}", "--set", "tracking.mlflow_uri=./mlruns"],
                             ["tracking.mlflow_uri: './mlruns' has scheme 'none' (allowed: http, https, sqlite"]),
     "database password": (["train", "{config}", "--set", "tracking.mlflow_uri=postgresql://bob:hunter2@db/mlflow"],
