@@ -92,6 +92,11 @@ def _shards_parser(sub) -> None:
     kinds = shards.add_subparsers(dest="source", required=True)
     folder = kinds.add_parser("imagefolder", help="root/<class>/<image> (ImageNet train/val by wnid)")
     folder.add_argument("src", type=Path, help="the tree's root (one folder per class)")
+    folder.add_argument("--holdout-per-class", type=int, default=None, metavar="N",
+                        help="hold N images per class out of OUT into --holdout-out (ID validation for model "
+                             "selection; the same images on every run)")
+    folder.add_argument("--holdout-out", type=Path, default=None, metavar="DIR",
+                        help="dataset directory for the held-out images; its folder name is the dataset name")
     imglist = kinds.add_parser("imagelist", help="an OpenOOD v1.5 image list: 'relative/path label' per line")
     imglist.add_argument("src", type=Path, help="the list file, e.g. benchmark_imglist/imagenet/test_ssb_hard.txt")
     imglist.add_argument("--root", type=Path, required=True, help="the folder the listed paths are relative to")
@@ -259,15 +264,26 @@ def _shards(args) -> int:
                 raise UsageError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
         if args.resize is not None and args.resize < 1:
             raise UsageError(f"--resize must be >= 1, got {args.resize}")
+        holdout = None
         if args.source == "imagefolder":
             items, found = writers.imagefolder_items(args.src)
             names = names or found
+            if (args.holdout_per_class is None) != (args.holdout_out is None):
+                raise UsageError("--holdout-per-class and --holdout-out go together")
+            if args.holdout_per_class is not None:
+                if not writers.valid_name(args.holdout_out.name):
+                    raise UsageError(f"--holdout-out {args.holdout_out}: its folder name is the dataset name; use "
+                                     "letters, digits, '-' and '_' only")
+                items, holdout = writers.split_holdout(items, args.holdout_per_class)
         elif args.source == "imagelist":
             items = writers.imagelist_items(args.src, args.root)
         else:
             items = writers.mos_items(args.src)
         writers.write_items(items, args.out, args.name, kind, names, args.shard_size, args.resize, args.workers,
                             args.address)
+        if holdout:
+            writers.write_items(holdout, args.holdout_out, args.holdout_out.name, kind, names, args.shard_size,
+                                args.resize, args.workers, args.address)
     except writers.SourceError as err:
         raise UsageError(str(err)) from None
     return 0

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,28 @@ def test_ray_tasks_write_the_same_shards_as_one_process(tmp_path):
     ray = writers.write_items(items, tmp_path / "b", "t", "id", classnames, shard_size=2, address="local",
                               log=_quiet)
     assert ray.manifest == one.manifest and ray.written == 3
+
+
+def test_holdout_is_carved_per_class_the_same_way_every_run(tmp_path, capsys):
+    labels = _tree(tmp_path / "tree", per_class=5)
+    args = ["shards", "imagefolder", str(tmp_path / "tree"), str(tmp_path / "train"), "--name", "train",
+            "--shard-size", "4", "--holdout-per-class", "2", "--holdout-out", str(tmp_path / "imagenet-holdout")]
+    assert main(args) == 0
+    train, held = read_manifest(tmp_path / "train"), read_manifest(tmp_path / "imagenet-holdout")
+    assert (train.num_samples, held.num_samples) == (9, 6) and held.classnames == train.classnames == list(CLASSES)
+    train_paths = {json.loads(s["json"])["path"] for s in _raw(train).values()}
+    held_samples = list(_raw(held).values())
+    held_paths = {json.loads(s["json"])["path"] for s in held_samples}
+    assert not train_paths & held_paths and len(train_paths | held_paths) == len(labels)
+    assert Counter(int(s["cls"]) for s in held_samples) == {0: 2, 1: 2, 2: 2}
+    # Adding an image to one class moves no held-out image of the others: the split is by each path alone.
+    before = {Path(i.path).name for i in writers.split_holdout(writers.imagefolder_items(tmp_path / "tree")[0], 2)[1]}
+    assert before == {Path(p).name for p in held_paths}
+    _image(tmp_path / "tree" / CLASSES[1] / "extra.png", seed=999)
+    after = {Path(i.path).name for i in writers.split_holdout(writers.imagefolder_items(tmp_path / "tree")[0], 2)[1]}
+    assert {n for n in after if not n.startswith(CLASSES[1])} == {n for n in before if not n.startswith(CLASSES[1])}
+    capsys.readouterr()
+    assert main(args[:-4] + ["--holdout-per-class", "5", "--holdout-out", str(tmp_path / "h2")]) == 2
+    assert "would leave class 0 with no training images" in capsys.readouterr().err
+    assert main(args[:-2]) == 2
+    assert "go together" in capsys.readouterr().err

@@ -96,6 +96,32 @@ def imagefolder_items(root: str | Path) -> tuple[list[Item], list[str]]:
     return items, (imagenet_classnames() if imagenet else classes)
 
 
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def split_holdout(items: Sequence[Item], per_class: int, seed: str = "holdout") -> tuple[list[Item], list[Item]]:
+    """(the rest, ``per_class`` items of every class): the held-out ID validation set for model
+    selection, carved from a training tree. Which items are held out depends only on each item's
+    relative path (a hash ranks them within its class), so the split is the same on every run and
+    does not move when other files are added or removed."""
+    if per_class < 1:
+        raise SourceError(f"--holdout-per-class must be >= 1, got {per_class}")
+    by_class: dict[int, list[Item]] = {}
+    for item in items:
+        by_class.setdefault(item.label, []).append(item)
+    small = sorted(label for label, members in by_class.items() if len(members) <= per_class)
+    if small:
+        raise SourceError(f"--holdout-per-class {per_class} would leave class {small[0]} with no training images "
+                          f"({len(by_class[small[0]])} in all; {len(small)} such classes)")
+
+    def rank(item: Item) -> str:
+        return hashlib.sha256(f"{seed}/{item.rel}".encode()).hexdigest()
+
+    held = {id(item) for members in by_class.values() for item in sorted(members, key=rank)[:per_class]}
+    return [i for i in items if id(i) not in held], [i for i in items if id(i) in held]
+
+
 def imagelist_items(list_file: str | Path, root: str | Path) -> list[Item]:
     """Items of an OpenOOD image list: ``relative/path label`` per line (paths may hold spaces;
     the label is the last field), images under ``root``. Blank lines are skipped."""
