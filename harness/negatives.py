@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from harness.paths import write_text_atomic
+
 KINDS = ("noun", "adj")
 
 
@@ -119,11 +121,7 @@ def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | 
         "mined": {k: sum(c.kind == k for c in mined) for k in KINDS},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = [MINED_MARKER, "# provenance: " + json.dumps(record, sort_keys=True)]
     lines += [f"{c.kind}\t{c.word}" for c in mined]
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, "\n".join(lines) + "\n")
     return record

@@ -21,7 +21,6 @@ have been fixed). Both are reported to Tune and returned; the driver records the
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import typing
@@ -36,6 +35,7 @@ from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
 from harness.data.shards import check_class_lists, read_manifest
 from harness.losses import CMALoss
+from harness.paths import write_text_atomic
 
 RESULT, FAILED = "result.json", "failed.json"
 SEARCH_METRICS = typing.get_args(SearchConfig.model_fields["metric"].annotation)
@@ -59,10 +59,7 @@ class RunPaths:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write (temp + rename): a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 class RunStopped(Exception):

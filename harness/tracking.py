@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from harness import config as config_mod
 from harness import results
 from harness.config import Config
+from harness.paths import write_text_atomic
 
 RUN_ID_TAG = "harness.run_id"
 PENDING_FILE = "mlflow_pending.json"
@@ -186,9 +187,7 @@ def _update_pending(out: Path, name: str, entry: dict | None) -> None:
         if not entries:
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(entries, indent=1, sort_keys=True))
 
 
 def _warn(message: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from harness.negatives import Candidate
+from harness.paths import write_text_atomic
 
 DEFAULT_DIR = Path("/usr/share/wordnet")
 
@@ -103,10 +104,5 @@ def select(wordnet_dir: str | Path = DEFAULT_DIR, exclude: Iterable[str] = ()) -
 
 def write_candidates(candidates: Sequence[Candidate], path: str | Path, header: Sequence[str] = ()) -> Path:
     """The format negatives.read_candidates reads: ``kind<TAB>word`` lines, ``#`` comments first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {h}" for h in header] + [f"{c.kind}\t{c.word}" for c in candidates]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")

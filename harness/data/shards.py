@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import webdataset as wds
 
 from harness.data.badsamples import BadDataError
+from harness.paths import write_text_atomic
 
 MANIFEST = "manifest.json"
 KINDS = ("pretrain", "id", "ood")
@@ -144,10 +144,7 @@ def write_manifest(dataset_dir: str | Path, manifest: Manifest) -> Path:
     sees the old manifest or the new one, never half of one. Returns its path."""
     path = Path(dataset_dir) / MANIFEST
     _check(manifest, path)
-    tmp = path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(manifest), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(asdict(manifest), indent=1, sort_keys=True) + "\n")
 
 
 def write_dataset(samples: Iterable[dict], dataset_dir: str | Path, name: str, kind: str, maxcount: int,

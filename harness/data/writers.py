@@ -37,6 +37,7 @@ from pathlib import Path
 
 from harness.data.pipeline import IMAGE_KEYS
 from harness.data.shards import KINDS, Manifest, describe_shards, sha256, write_manifest, write_shards
+from harness.paths import write_text_atomic
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}  # ImageNet's .JPEG too (lower-cased)
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -249,10 +250,7 @@ def write_shard(job: dict) -> dict:
             "sha256": sha256(tmp / shard)}
     os.replace(tmp / shard, out_dir / shard)
     shutil.rmtree(tmp, ignore_errors=True)
-    side = _sidecar(out_dir, shard)
-    side.parent.mkdir(exist_ok=True)
-    side.with_suffix(".tmp").write_text(json.dumps(done, sort_keys=True))
-    os.replace(side.with_suffix(".tmp"), side)
+    write_text_atomic(_sidecar(out_dir, shard), json.dumps(done, sort_keys=True))
     return {**done, "shard": shard}
 
 
