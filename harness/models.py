@@ -126,6 +126,11 @@ def _hf_hub_dir() -> Path:
     return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
 
 
+def _hf_repo_dir(repo_id: str) -> Path:
+    # The hub's layout: models--org--repo/{refs/main, snapshots/<revision>/<file>}.
+    return _hf_hub_dir() / f"models--{repo_id.replace('/', '--')}"
+
+
 def _hf_repo_and_names(hub: str) -> tuple[str, tuple[str, ...]]:
     # open_clip's hf_hub is "org/repo/" (open_clip's file names) or "org/repo/file".
     if hub.endswith("/"):
@@ -140,7 +145,7 @@ def _where_to_put(arch: str, tag: str) -> str:
     places = []
     if pcfg.get("hf_hub"):
         repo_id, names = _hf_repo_and_names(pcfg["hf_hub"])
-        snapshot = _hf_hub_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "<any-name>"
+        snapshot = _hf_repo_dir(repo_id) / "snapshots" / "<any-name>"
         alternatives = "".join(f" (or {n})" for n in names[1:])
         places.append(f"the Hugging Face cache: {snapshot / names[0]}{alternatives} (from https://huggingface.co/{repo_id}; "
                       f"`huggingface-cli download {repo_id} {names[0]}` on a machine with internet fills it, "
@@ -162,8 +167,7 @@ def _cached_pretrained_file(arch: str, tag: str) -> str | None:
     hub = pcfg.get("hf_hub", "")
     if hub:
         repo_id, names = _hf_repo_and_names(hub)
-        # The hub layout: models--org--repo/snapshots/<revision>/<file> (refs/main names the revision).
-        repo_dir = _hf_hub_dir() / f"models--{repo_id.replace('/', '--')}"
+        repo_dir = _hf_repo_dir(repo_id)  # refs/main names the revision to try first
         ref = repo_dir / "refs" / "main"
         revisions = [ref.read_text().strip()] if ref.is_file() else []
         if (repo_dir / "snapshots").is_dir():
