@@ -46,7 +46,9 @@ def init(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+        # address="local" always starts a private cluster: address=None would join whatever
+        # cluster is registered on this machine (someone else's, or a dead one).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=200 * 1024 * 1024)
 
 

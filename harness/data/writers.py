@@ -342,7 +342,7 @@ def _run(jobs: list[dict], workers: int, address: str | None):
 
         started = not ray.is_initialized()
         if started:
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
+            ray.init(address=address, include_dashboard=False,  # "local": a private cluster, never auto-join
                      log_to_driver=False)
         try:
             task = ray.remote(num_cpus=1, max_retries=2)(write_shard)  # a shard is idempotent: retry on node loss
