@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from harness import config as config_mod
-from harness import preflight
+from harness import outdir, preflight
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sweeps" / "demo.yaml"
@@ -21,6 +21,9 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<name>)")
     parser.add_argument("--address", default=None,
                         help="address of an existing Ray cluster (default: start a local one)")
+    parser.add_argument("--append", action="store_true",
+                        help="record into an --out that holds another experiment definition, keeping both "
+                             "(this one's runs labelled d2, d3, ...); without it such an --out is refused")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="data-parallel workers per run (shortcut for --set resources.num_workers=N)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
@@ -142,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
         out = preflight.check_run(cfg, args.out or Path("runs") / cfg.name, args.address,
                                   sweep=args.command != "train")
-    except (config_mod.ConfigError, preflight.PreflightError, FileNotFoundError, UsageError) as err:
+        label = outdir.claim(out, cfg, append=args.append)
+    except (config_mod.ConfigError, preflight.PreflightError, FileNotFoundError, UsageError,
+            outdir.OutDirTaken) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
     from harness import driver, tracking  # heavy imports (torch, ray) only once the input is valid
@@ -152,19 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     from harness.ray_layer import ResourceError, SweepInterrupted
 
     timer = driver.Timer()
+    kind = "train" if args.command == "train" else "sweep"
+    name = "-".join(part for part in (cfg.name, label, kind) if part)  # label: an --append-ed definition's
+    live = tracking.open_live(cfg, out, name)  # None: unreachable, warned about at the end
     try:
         if args.command == "train":
-            records = driver.train(cfg, out, args.address, timer)
+            records = driver.train(cfg, out, args.address, timer, live, name="-".join(p for p in (cfg.name, label) if p))
         else:
-            records = driver.sweep(cfg, out, args.address, timer)
+            records = driver.sweep(cfg, out, args.address, timer, live, name=name)
     except ResourceError as err:
+        _abort(live, "FAILED")
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
     except SweepInterrupted as err:
+        _abort(live, "KILLED")
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 130  # the shell's code for Ctrl-C
-    kind = "train" if args.command == "train" else "sweep"
-    md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-{kind}", records, timer, notes=_notes(timer))
+    except BaseException:
+        _abort(live, "FAILED")
+        raise
+    md, uri, synced = driver.finish(cfg, out, name, records, timer, notes=_notes(timer), live=live)
     print("\nwhere the time went:\n" + timer.table())
     (out / "timings.md").write_text(timer.table() + "\n")
     print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet")
@@ -175,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlflow store:  {uri} NOT REACHED: run `harness sync-mlflow --out {out}` once it is back")
     ended = ("finished", "stopped") + (("diverged",) if kind == "sweep" else ())  # a diverged trial is a search outcome
     return 0 if all(r.status in ended for r in records) else 1
+
+
+def _abort(live, status: str) -> None:
+    if live is not None:
+        live.abort(status)
 
 
 def _without_credentials(cfg, tracking):

@@ -131,7 +131,8 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     mlflow_uri: str | None = None
     """None: a SQLite store inside the output directory."""
-    experiment: str = "harness"
+    experiment: str | None = None
+    """MLflow experiment; None: the config's ``name`` (one experiment per sweep name)."""
 
 
 class ResourcesConfig(_Section):
@@ -321,3 +322,29 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
     walk("", cfg.model_dump(mode="json", exclude={"search"}))
     return out
+
+
+# What a run's label names besides its method when nothing is searched (e.g. `harness train`).
+LABEL_KEYS = ("loss.lam", "optim.lr")
+
+
+def _short_number(value: Any) -> str:
+    """2e-4 rather than 0.0002 (below 0.01 or from 1e5 on, when shorter), else the plain spelling."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    plain = f"{value:g}"
+    mantissa, _, exponent = f"{value:.2e}".partition("e")
+    scientific = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    small_or_large = value != 0 and not 1e-2 <= abs(value) < 1e5
+    return scientific if small_or_large and len(scientific) < len(plain) else plain
+
+
+def run_label(cfg: Config) -> str:
+    """A run's short name for people: its method and searched values, ``cma lam=0.01 lr=2e-4``
+    (the last part of each dotted key); ``zero-shot`` for the untrained baseline."""
+    method = cfg.method()
+    if method == "zero-shot":
+        return method
+    flat = flatten(cfg)
+    keys = list(cfg.search.space) or [k for k in LABEL_KEYS if k in flat]
+    return " ".join([method] + [f"{key.rsplit('.', 1)[-1]}={_short_number(flat.get(key))}" for key in keys])

@@ -11,6 +11,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
+
 from harness import prepare, ray_layer, report, results, runner, tracking
 from harness.config import Config
 from harness.engine import RunContext
@@ -50,10 +52,11 @@ def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str
     status = status or ((summary.get("status") or "finished") if summary else "failed")
     error = error or (summary or {}).get("error")
     results.record_run(results_dir(out), rid, sweep, cfg, summary, status, error, run_dir=out / "runs" / rid)
-    return tracking.Record(rid, cfg, summary, status)
+    return tracking.Record(rid, cfg, summary, status, ended_at=time.time())
 
 
-def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tracking.Record:
+def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
+              live: tracking.Live | None = None) -> tracking.Record:
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
     base = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"epochs": 0})})
     paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
@@ -61,8 +64,12 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tra
     if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already
         print(f"zero-shot baseline: reusing {done}")
         return _record(out, sweep, base, json.loads(done.read_text()), None)
+    if live:
+        live.start(ray_layer.run_id(base), base)
     summary = runner.run(base, paths, RunContext())
     record = _record(out, sweep, base, summary, None)
+    if live:
+        live.end(record.run_id, summary, record.status)
     if record.status != "finished":  # bad evaluation data: every trial would fail the same way, after training
         raise RuntimeError(f"zero-shot baseline {record.run_id} {record.status}: {summary.get('error')}")
     return record
@@ -75,44 +82,55 @@ def _start_ray(cfg: Config, address: str | None, timer: Timer) -> None:
         ray_layer.check_fits(cfg)
 
 
-def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
+def train(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
+          name: str | None = None) -> list[tracking.Record]:
+    """One Ray Train run. ``live``: its MLflow run is created when training starts and closed
+    when it ends (its epochs are logged then: a Train run reports to no callback here)."""
     _start_ray(cfg, address, timer)
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
+        if live:
+            live.start(ray_layer.run_id(cfg), cfg)
         try:
             summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
         except Exception as err:  # recorded as a failed run, then re-raised for the exit code
             summary, error = None, repr(err)
-        record = _record(out, cfg.name, cfg, summary, error)
+        record = _record(out, name or cfg.name, cfg, summary, error)
+        if live:
+            live.end(record.run_id, summary, record.status)
         if error:
             raise RuntimeError(f"run {record.run_id} failed: {error}")
     return [record]
 
 
-def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
+def sweep(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
+          name: str | None = None) -> list[tracking.Record]:
+    """Zero-shot baseline + the Tune search; ``live`` logs each run to MLflow as it happens.
+    ``name``: the sweep's name in the tables (default ``<cfg.name>-sweep``)."""
+    name = name or f"{cfg.name}-sweep"
     if not cfg.search.space:
         raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
     _start_ray(cfg, address, timer)
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):
-        records = [zero_shot(cfg, inputs, out, f"{cfg.name}-sweep")]
+        records = [zero_shot(cfg, inputs, out, name, live)]
     with timer.stage(f"Ray Tune sweep over {', '.join(cfg.search.space)}"):
         try:
-            outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log)
+            outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log, tracker=live)
         except ray_layer.SweepInterrupted as stop:  # keep what ended, then let the caller exit
             for trial_cfg, summary, status, error in stop.outcomes:
                 if summary is not None:
-                    _record(out, f"{cfg.name}-sweep", trial_cfg, summary, error, status)
+                    _record(out, name, trial_cfg, summary, error, status)
             raise
         for trial_cfg, summary, status, error in outcomes:
-            records.append(_record(out, f"{cfg.name}-sweep", trial_cfg, summary, error, status))
+            records.append(_record(out, name, trial_cfg, summary, error, status))
     return records
 
 
 def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], timer: Timer,
-           notes: str = "") -> tuple[Path, str, bool]:
+           notes: str = "", live: tracking.Live | None = None) -> tuple[Path, str, bool]:
     """Report from Parquet (with each run's own section in runs/<run_id>/report.md), then log
     everything to MLflow: the report on the sweep's run, each section on its run's.
     Returns (the report, the tracking URI, whether MLflow got everything: if not, one
@@ -123,14 +141,14 @@ def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], ti
     with timer.stage("log to MLflow"):
         artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
         sections = {r.run_id: [out / "runs" / r.run_id / "report.md"] for r in records}
-        uri, synced = tracking.log_or_defer(cfg, out, name, records, artifacts, run_artifacts=sections)
+        uri, synced = tracking.log_or_defer(cfg, out, name, records, artifacts, run_artifacts=sections, live=live)
     return md, uri, synced
 
 
 def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
     """Log the sweeps that MLflow missed (tracking.pending) from the Parquet tables and run
     directories, to ``uri`` or each sweep's own store; returns how many are still pending.
-    Safe to repeat: a synced sweep leaves the list, and logging a run again replaces it."""
+    A synced sweep leaves the list; each sync logs a new parent run (nothing is deleted)."""
     entries = tracking.pending(out)
     if not entries:
         log(f"nothing to sync: no sweep of {out} waits for MLflow")
@@ -141,7 +159,7 @@ def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
         target, synced = tracking.log_or_defer(
             Config.model_validate(entry["config"]), out, name, records, [Path(p) for p in entry["artifacts"]],
             {rid: [Path(p) for p in paths] for rid, paths in entry["run_artifacts"].items()},
-            uri=uri or entry["tracking_uri"])
+            uri=uri or entry["tracking_uri"], entry_id=entry.get("entry_id"))
         if not synced:  # warned once; the others would fail the same way
             return len(entries) - done
         log(f"synced {name}: {len(records)} run(s) to {target}")
@@ -156,4 +174,5 @@ def _stored_record(out: Path, runs, run_id: str) -> tracking.Record:
     row = rows.iloc[-1]
     summary_file = out / "runs" / run_id / "result.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() and row["status"] != "failed" else None
-    return tracking.Record(run_id, Config.model_validate_json(row["config_json"]), summary, row["status"])
+    ended = pd.Timestamp(row["finished_at"]).timestamp() if isinstance(row.get("finished_at"), str) else None
+    return tracking.Record(run_id, Config.model_validate_json(row["config_json"]), summary, row["status"], ended)

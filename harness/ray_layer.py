@@ -352,8 +352,49 @@ def _outcome(run_dir: Path, error: Exception | None) -> tuple[dict | None, str, 
     return summary, summary.get("status", "finished"), summary.get("error")
 
 
-def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Config, dict | None, str, str | None]]:
+# What Tune adds to every result: not the run's own metrics.
+_TUNE_KEYS = frozenset(ray.tune.result.AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+
+
+class _LiveTracking(tune.Callback):
+    """Feeds a tracker (harness.tracking.Live) from Tune's trial events, in the driver process:
+    a run starts, ends an epoch (a result carrying ``epoch``), ends or fails."""
+
+    def __init__(self, tracker, cfg: Config, inputs: Inputs, out: Path):
+        self.tracker, self.base, self.space = tracker, cfg.model_dump(mode="json"), list(cfg.search.space)
+        self.inputs, self.out = inputs, out
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its RunConfig, callbacks included, with the sweep's state; the tracker
+        # (an MLflow client) stays behind, and a resumed sweep is given a new one.
+        return {**self.__dict__, "tracker": None}
+
+    def _job(self, trial) -> Job:
+        cfg = config_mod.from_dict(self.base, overrides={k: trial.config[k] for k in self.space})
+        return Job(cfg, self.inputs, self.out)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        job = self._job(trial)
+        self.tracker.start(run_id(job.cfg), job.cfg)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result and "train_loss" in result:
+            self.tracker.epoch(run_id(self._job(trial).cfg), {k: v for k, v in result.items() if k not in _TUNE_KEYS})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        job = self._job(trial)
+        summary, status, _ = _outcome(job.run_dir, None)
+        self.tracker.end(run_id(job.cfg), summary, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end(run_id(self._job(trial).cfg), None, "failed")
+
+
+def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
+          tracker=None) -> list[tuple[Config, dict | None, str, str | None]]:
     """Run (or resume) the search; returns (trial config, summary, status, error) per trial.
+    ``tracker`` (harness.tracking.Live, optional) is told of each trial as it starts, ends an
+    epoch and ends.
 
     status is finished, stopped (early, by ASHA), diverged (non-finite loss: reported to Tune
     like any ended trial, not an error of the sweep) or failed. An interrupted sweep with the
@@ -372,9 +413,12 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Confi
         # refuses an all-zero request, so it asks for a little memory, which every node has.
         trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024 * 1024})
     path = out / "ray" / sweep_name(cfg)
+    callbacks = [_LiveTracking(tracker, cfg, inputs, out)] if tracker is not None else None
     if tune.Tuner.can_restore(str(path)):
         log(f"resuming sweep {path.name}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        # A restored Tuner runs with the RunConfig it saved, whose callback lost its tracker.
+        tuner._local_tuner.get_run_config().callbacks = callbacks or []
     else:
         tuner = tune.Tuner(
             trainable,
@@ -387,7 +431,7 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print) -> list[tuple[Confi
                 reuse_actors=in_process),
             # verbose=0: the runs print one line per epoch; Tune's 5-second status tables drown them.
             run_config=tune.RunConfig(
-                name=path.name, storage_path=str(out / "ray"), verbose=0,
+                name=path.name, storage_path=str(out / "ray"), verbose=0, callbacks=callbacks,
                 # Train runs restart their own workers (FailureConfig in fit); in-process trials restart here.
                 failure_config=tune.FailureConfig(max_failures=cfg.schedule.max_failures if in_process else 0)),
         )

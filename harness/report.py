@@ -72,7 +72,7 @@ def _paper_section(suite: str, chosen: dict[str, pd.Series], ood: pd.DataFrame) 
     if suite not in paper.PAPER_SUITES:
         return head + [f"Suite `{suite}`: the paper's numbers (ViT-B/16 on ImageNet-1k, suites "
                        f"{', '.join(paper.PAPER_SUITES)}) are not comparable, so none are shown.", ""]
-    ours = ood.merge(pd.DataFrame({"run_id": [r["run_id"] for r in chosen.values()], "method": list(chosen)}),
+    ours = ood.drop(columns=["method"], errors="ignore").merge(pd.DataFrame({"run_id": [r["run_id"] for r in chosen.values()], "method": list(chosen)}),
                      on="run_id")
     found = paper.comparison(suite, ours)
     if found.empty:

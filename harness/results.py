@@ -5,6 +5,8 @@ Tables (one file each in a results directory, every row carrying ``schema_versio
 - ``runs.parquet``: one row per run: config, status, timings, validation metrics, ID accuracy.
 - ``ood_metrics.parquet``: one row per run x score x OoD test set, every metric of harness.metrics.
 - ``epochs.parquet``: one row per run x epoch (training curves).
+- ``runs``, ``ood_metrics`` and ``epochs`` also carry ``method`` and one column per searched key
+  (``loss.lam``, ``optim.lr``: :func:`searched_columns`).
 - ``sample_scores.parquet``: one row per run x dataset x score x sample (for histograms and bootstraps),
   with the sample's ``key`` so that two runs can be paired sample by sample.
 
@@ -27,13 +29,15 @@ from typing import Iterator
 import pandas as pd
 import torch
 
+from harness import config as config_mod
 from harness import gap, paper
 from harness.config import Config
 from harness.data import badsamples
 
 # 2: runs gained suite, device and every gap_* measure; sample_scores gained key.
 # 3: runs gained bad_samples_train (and one column per reason) and bad_samples_eval; status may be diverged.
-SCHEMA_VERSION = 3
+# 4: ood_metrics and epochs gained method and one column per searched key (e.g. loss.lam), as runs did.
+SCHEMA_VERSION = 4
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
 
@@ -131,13 +135,21 @@ def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: 
     return row
 
 
+def searched_columns(cfg: Config) -> dict:
+    """The run's method and its value of every searched key (dotted names, e.g. ``loss.lam``):
+    columns of the per-run tables, so nobody has to join them with runs.parquet to group."""
+    flat = config_mod.flatten(cfg)
+    return {"method": cfg.method(), **{key: flat.get(key) for key in cfg.search.space}}
+
+
 def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary: dict | None,
                status: str = "finished", error: str | None = None, run_dir: Path | None = None) -> None:
     """Write every table's rows for one run (replacing any earlier rows of the same run_id)."""
-    tables = {RUNS: pd.DataFrame([run_row(run_id, sweep, cfg, summary, status, error)])}
+    tables = {RUNS: pd.DataFrame([{**searched_columns(cfg), **run_row(run_id, sweep, cfg, summary, status, error)}])}
     if summary:
-        tables[OOD] = pd.DataFrame([{"run_id": run_id, **row} for row in summary.get("ood", [])])
-        tables[EPOCHS] = pd.DataFrame([{"run_id": run_id, **row} for row in summary.get("epochs", [])])
+        columns = searched_columns(cfg)
+        tables[OOD] = pd.DataFrame([{"run_id": run_id, **columns, **row} for row in summary.get("ood", [])])
+        tables[EPOCHS] = pd.DataFrame([{"run_id": run_id, **columns, **row} for row in summary.get("epochs", [])])
         scores_file = run_dir / "scores.pt" if run_dir else None
         if scores_file and scores_file.is_file():
             tables[SAMPLES] = _sample_scores(run_id, torch.load(scores_file, weights_only=True))

@@ -1,14 +1,17 @@
-"""MLflow logging: one parent run per sweep (with the report), one child run per trial (with its
-own report section), from the driver only.
+"""MLflow logging: one experiment per sweep name, one parent run per sweep (its summary metrics,
+the best trial's values, the report), one child run per trial (named by its method and searched
+values, with its own report section), from the driver only.
 
-SQLite does not take concurrent writers well, so workers never log; the driver
-logs after the runs finish, from the same summaries that go into Parquet. A run
-logged again (same harness run_id) replaces its earlier MLflow run.
+SQLite does not take concurrent writers well, so workers never log: the driver logs live
+(:class:`Live`, fed by a Tune callback in the Ray layer): a child is created when its run
+starts, epochs are logged at their step as they end, final metrics once at the end. Nothing
+here ever deletes a run.
 
 MLflow is a copy of what Parquet holds, so it may be late but never lose a run:
 :func:`log_or_defer` writes the sweep into ``results/mlflow_pending.json`` before it
-logs and clears it after; when the store cannot be reached it warns once and leaves
-the entry, which ``harness sync-mlflow`` replays later (see driver.sync_mlflow).
+finishes logging and clears it after; when the store cannot be reached (at the start, or
+at any point of the sweep) it warns once and leaves the entry, which ``harness
+sync-mlflow`` logs later, after the fact, as a new parent run (see driver.sync_mlflow).
 Credentials never enter a URI we keep: :func:`strip_credentials`.
 """
 
@@ -18,6 +21,8 @@ import contextlib
 import json
 import os
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -29,6 +34,7 @@ from harness.config import Config
 from harness.paths import write_text_atomic
 
 RUN_ID_TAG = "harness.run_id"
+ENTRY_TAG = "harness.logged_entry"  # on a parent run: the pending entry it completed (sync skips it)
 PENDING_FILE = "mlflow_pending.json"
 # MLflow retries a refused connection 7 times with exponential backoff (about 4 minutes)
 # and waits 120 s for an answer. A store that is down must cost seconds: the probe tries
@@ -43,6 +49,8 @@ class Record:
     cfg: Config
     summary: dict | None
     status: str
+    ended_at: float | None = None
+    """When the run ended (seconds since the epoch), for runs logged after the fact."""
 
 
 def tracking_uri(cfg: Config, out: Path) -> str:
@@ -91,6 +99,11 @@ def check_reachable(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
 
 
+def experiment_name(cfg: Config) -> str:
+    """tracking.experiment, else the sweep's name: one MLflow experiment per experiment definition."""
+    return cfg.tracking.experiment or cfg.name
+
+
 def _experiment_id(client, name: str, out: Path) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -111,56 +124,232 @@ def final_metrics(summary: dict) -> dict[str, float]:
     return out
 
 
-def log_sweep(cfg: Config, out: Path, sweep_name: str, records: list[Record], artifacts: Sequence[Path] = (),
-              run_artifacts: Mapping[str, Sequence[Path]] | None = None, uri: str | None = None) -> str:
-    """Log a parent run with one child per record; returns the tracking URI used
-    (``uri``, else the config's, else the SQLite store in ``out``).
+# MLflow's run states for a harness status (a diverged trial is an outcome of the search, not an error).
+MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 
-    ``artifacts`` go on the parent run; ``run_artifacts[run_id]`` on that run's child (files
-    that do not exist are skipped: a failed run may have no report section).
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _numeric(metrics: Mapping) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Live:
+    """One sweep in MLflow, logged as it happens, from the driver process only (SQLite takes one
+    writer): a parent run created now, a child per run created when the run starts (named by
+    :func:`harness.config.run_label`, e.g. ``cma lam=0.01 lr=2e-4``), its epochs logged at their
+    step as they end, its final test metrics once when it ends; :meth:`finish` adds the report,
+    the sweep's summary metrics and the best trial's values to the parent.
+
+    Logging never deletes a run. A call that fails (the store went away) is warned about once
+    and turns the logger off (``broken``); the driver then leaves the sweep for sync-mlflow.
     """
-    import mlflow  # heavy import, only where tracking happens
+
+    def __init__(self, cfg: Config, out: Path, sweep_name: str, uri: str | None = None,
+                 warn: Callable[[str], None] | None = None, tags: Mapping[str, str] | None = None):
+        from mlflow.tracking import MlflowClient  # heavy import, only where tracking happens
+
+        self.cfg, self.out, self.name = cfg, Path(out), sweep_name
+        self.uri = uri or tracking_uri(cfg, out)
+        self.warn, self.broken = warn or _warn, None
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = _experiment_id(self.client, experiment_name(cfg), out)
+        self.parent = self.client.create_run(self.experiment_id, run_name=sweep_name,
+                                             tags={RUN_ID_TAG: sweep_name, "harness.kind": "sweep", **(tags or {})}
+                                             ).info.run_id
+        space = {f"search.{k}": str(v.model_dump(exclude_none=True)) for k, v in cfg.search.space.items()}
+        self._params(self.parent, space)
+        self.children: dict[str, str] = {}  # harness run_id -> MLflow run id, runs of this invocation
+        self.epochs_logged: set[str] = set()
+        self.open: set[str] = set()  # children not ended yet
+
+    def _params(self, run: str, params: Mapping) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for at in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run, params=items[at:at + 100])
+
+    def _metrics(self, run: str, metrics: Mapping[str, float], step: int = 0, at: float | None = None) -> None:
+        from mlflow.entities import Metric
+
+        stamp = _ms(at if at is not None else time.time())
+        items = [Metric(k, v, stamp, step) for k, v in _numeric(metrics).items()]
+        for first in range(0, len(items), 1000):
+            self.client.log_batch(run, metrics=items[first:first + 1000])
+
+    def guarded(self, what: str, call: Callable[[], None]) -> None:
+        """Run one logging call; the first failure warns and turns the logger off."""
+        if self.broken:
+            return
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - MLflow is a copy of Parquet: never end a sweep over it
+            self.broken = f"{type(err).__name__}: {str(err).strip()[:300]}"
+            self.warn(f"MLflow logging stopped while {what} ({self.broken}); the sweep goes on and waits for "
+                      f"`harness sync-mlflow --out {self.out}`")
+
+    def start(self, run_id: str, cfg: Config, started: float | None = None) -> None:
+        """A child run for ``run_id`` (once per invocation), with its config as params."""
+        if run_id in self.children:
+            return
+
+        def create() -> None:
+            child = self.client.create_run(
+                self.experiment_id, start_time=_ms(started or time.time()), run_name=config_mod.run_label(cfg),
+                tags={RUN_ID_TAG: run_id, "harness.kind": "run", "mlflow.parentRunId": self.parent,
+                      "method": cfg.method()})
+            self.children[run_id] = child.info.run_id
+            self.open.add(run_id)
+            self._params(child.info.run_id, config_mod.flatten(cfg))
+
+        self.guarded(f"starting {run_id}", create)
+
+    def epoch(self, run_id: str, metrics: Mapping) -> None:
+        """One epoch's metrics at step = its epoch number, stamped now."""
+        if run_id not in self.children:
+            return
+        self.epochs_logged.add(run_id)
+        self.guarded(f"logging an epoch of {run_id}",
+                     lambda: self._metrics(self.children[run_id], metrics, step=int(metrics["epoch"])))
+
+    def end(self, run_id: str, summary: dict | None, status: str, artifacts: Sequence[Path] = (),
+            ended: float | None = None) -> None:
+        """The run's final test metrics (once, at the last epoch's step), its status, end time."""
+        if run_id not in self.children:
+            return
+        child = self.children[run_id]
+        self.open.discard(run_id)
+
+        def close() -> None:
+            epochs = (summary or {}).get("epochs", [])
+            if run_id not in self.epochs_logged:  # ended before this invocation (resumed), or logged after the fact
+                for row in epochs:
+                    self._metrics(child, row, step=int(row["epoch"]))
+            self.client.set_tag(child, "status", status)
+            if summary:
+                last = max((int(e["epoch"]) for e in epochs), default=0)
+                self._metrics(child, final_metrics(summary), step=last)
+                if summary.get("checkpoint"):
+                    self.client.set_tag(child, "checkpoint", summary["checkpoint"])
+            for path in artifacts:
+                if Path(path).is_file():
+                    self.client.log_artifact(child, str(path))
+            self.client.set_terminated(child, MLFLOW_STATUS.get(status, "FINISHED"), end_time=_ms(ended))
+
+        self.guarded(f"ending {run_id}", close)
+
+    def abort(self, status: str = "KILLED") -> None:
+        """Close the parent and every open child with MLflow ``status`` (the command stopped early)."""
+        for run_id in sorted(self.open):
+            self.guarded(f"closing {run_id}", lambda r=run_id: self.client.set_terminated(self.children[r], status))
+        self.open.clear()
+        self.guarded("closing the sweep's run", lambda: self.client.set_terminated(self.parent, status))
+
+    def record(self, record: "Record", artifacts: Sequence[Path] = ()) -> None:
+        """A run that was not logged live (sync-mlflow, or one this invocation did not run), with
+        its recorded start and end times when known."""
+        wall = (record.summary or {}).get("wall_s")
+        started = record.ended_at - wall if record.ended_at and wall is not None else record.ended_at
+        self.start(record.run_id, record.cfg, started=started)
+        self.end(record.run_id, record.summary, record.status, artifacts, ended=record.ended_at)
+
+    def finish(self, records: list["Record"], artifacts: Sequence[Path] = (),
+               run_artifacts: Mapping[str, Sequence[Path]] | None = None, entry_id: str | None = None) -> bool:
+        """Log what was not logged live, each run's report section, the parent's summary metrics
+        and artifacts, and close the parent (tagged with the pending ``entry_id`` it completes).
+        Returns whether everything reached MLflow."""
+        run_artifacts = run_artifacts or {}
+        for record in records:
+            if record.run_id in self.children:
+                paths = [p for p in run_artifacts.get(record.run_id, ()) if Path(p).is_file()]
+                self.guarded(f"logging {record.run_id}'s report",
+                             lambda r=record, p=paths: [self.client.log_artifact(self.children[r.run_id], str(x))
+                                                        for x in p])
+            else:
+                self.record(record, run_artifacts.get(record.run_id, ()))
+
+        def close() -> None:
+            metrics, best = sweep_summary(self.cfg, records)
+            self._metrics(self.parent, metrics)
+            if best is not None:
+                self.client.set_tag(self.parent, "best_run", best.run_id)
+                self.client.set_tag(self.parent, "best_run_name", config_mod.run_label(best.cfg))
+                flat = config_mod.flatten(best.cfg)
+                self._params(self.parent, {f"best.{k}": flat[k] for k in self.cfg.search.space if k in flat})
+            for path in artifacts:
+                if Path(path).is_file():
+                    self.client.log_artifact(self.parent, str(path))
+            if entry_id:
+                self.client.set_tag(self.parent, ENTRY_TAG, entry_id)
+            failed = any(r.status == "failed" for r in records)
+            self.client.set_terminated(self.parent, "FAILED" if failed else "FINISHED")
+
+        self.guarded("closing the sweep's run", close)
+        return self.broken is None
+
+
+def sweep_summary(cfg: Config, records: list["Record"]) -> tuple[dict[str, float], "Record | None"]:
+    """The parent's metrics: trial counts by status, and the best trial's (by search.metric, among
+    trained runs) searched values and final metrics as ``best.<name>``."""
+    trials = [r for r in records if r.cfg.method() != "zero-shot"]
+    metrics = {"trials": float(len(trials))}
+    for status in MLFLOW_STATUS:
+        metrics[f"trials_{status}"] = float(sum(r.status == status for r in trials))
+    key, sign = cfg.search.metric, (1 if cfg.search.mode == "max" else -1)
+    scored = [r for r in trials if r.summary and isinstance(r.summary.get(key), (int, float))
+              and r.summary[key] == r.summary[key]]  # NaN (a stopped trial) is no score
+    if not scored:
+        return metrics, None
+    best = max(scored, key=lambda r: (sign * r.summary[key], r.run_id))
+    flat = config_mod.flatten(best.cfg)
+    metrics.update({f"best.{k}": float(flat[k]) for k in cfg.search.space
+                    if isinstance(flat.get(k), (int, float)) and not isinstance(flat.get(k), bool)})
+    metrics.update({f"best.{k}": v for k, v in final_metrics(best.summary).items()})
+    return metrics, best
+
+
+def _already_logged(uri: str, cfg: Config, entry_id: str) -> bool:
+    """Whether a finished parent run completed pending entry ``entry_id`` (a sync that died
+    after logging, before clearing the entry)."""
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri(cfg, out)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, cfg.tracking.experiment, out)
-    _delete_previous(client, experiment_id, [sweep_name] + [r.run_id for r in records])
-    with mlflow.start_run(experiment_id=experiment_id, run_name=sweep_name,
-                          tags={RUN_ID_TAG: sweep_name, "harness.kind": "sweep"}):
-        mlflow.log_params({f"search.{k}": str(v.model_dump(exclude_none=True)) for k, v in cfg.search.space.items()})
-        for record in records:
-            _log_child(experiment_id, record, (run_artifacts or {}).get(record.run_id, ()))
-        for path in artifacts:
-            if Path(path).is_file():
-                mlflow.log_artifact(str(path))
-    return uri
+    found = client.get_experiment_by_name(experiment_name(cfg))
+    return found is not None and bool(client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{ENTRY_TAG}` = '{entry_id}' and attributes.status = 'FINISHED'"))
 
 
-def _log_child(experiment_id: str, record: Record, artifacts: Sequence[Path] = ()) -> None:
-    import mlflow
-
-    with mlflow.start_run(experiment_id=experiment_id, run_name=record.run_id, nested=True,
-                          tags={RUN_ID_TAG: record.run_id, "harness.kind": "run",
-                                "method": record.cfg.method(), "status": record.status}):
-        mlflow.log_params(config_mod.flatten(record.cfg))
-        if record.summary:
-            for epoch in record.summary.get("epochs", []):
-                mlflow.log_metrics({k: float(v) for k, v in epoch.items() if isinstance(v, (int, float))},
-                                   step=int(epoch["epoch"]))
-            mlflow.log_metrics(final_metrics(record.summary))
-            if record.summary.get("checkpoint"):
-                mlflow.set_tag("checkpoint", record.summary["checkpoint"])
-        for path in artifacts:
-            if Path(path).is_file():
-                mlflow.log_artifact(str(path))
+def log_sweep(cfg: Config, out: Path, sweep_name: str, records: list[Record], artifacts: Sequence[Path] = (),
+              run_artifacts: Mapping[str, Sequence[Path]] | None = None, uri: str | None = None,
+              entry_id: str | None = None) -> str:
+    """Log a finished sweep after the fact (sync-mlflow): a new parent run with one child per
+    record, at the runs' recorded times, unless a parent already completed ``entry_id``;
+    returns the tracking URI used. Raises when a call fails."""
+    uri = uri or tracking_uri(cfg, out)
+    if entry_id and _already_logged(uri, cfg, entry_id):
+        return uri
+    errors: list[str] = []
+    live = Live(cfg, out, sweep_name, uri, warn=errors.append, tags={"harness.logged": "after the fact"})
+    if not live.finish(records, artifacts, run_artifacts, entry_id):
+        raise RuntimeError(errors[0] if errors else live.broken)
+    return live.uri
 
 
-def _delete_previous(client, experiment_id: str, run_ids: list[str]) -> None:
-    for rid in run_ids:
-        for old in client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{rid}'"):
-            client.delete_run(old.info.run_id)
+def open_live(cfg: Config, out: Path, sweep_name: str, uri: str | None = None,
+              warn: Callable[[str], None] | None = None) -> Live | None:
+    """A :class:`Live` logger when the store answers; None (silently: the sweep's end warns and
+    defers) when it does not."""
+    uri = uri or tracking_uri(cfg, out)
+    try:
+        check_reachable(uri)
+        for key, value in LOG_HTTP.items():  # for the whole sweep: a store that goes away costs seconds
+            os.environ.setdefault(key, value)
+        return Live(cfg, out, sweep_name, uri, warn=warn)
+    except Exception:  # noqa: BLE001 - unreachable now: logged after the sweep, or deferred
+        return None
 
 
 # --- deferred logging ----------------------------------------------------------------------------
@@ -196,22 +385,29 @@ def _warn(message: str) -> None:
 
 def log_or_defer(cfg: Config, out: Path, name: str, records: list[Record], artifacts: Sequence[Path] = (),
                  run_artifacts: Mapping[str, Sequence[Path]] | None = None, uri: str | None = None,
-                 warn: Callable[[str], None] = _warn) -> tuple[str, bool]:
-    """:func:`log_sweep`, or, when the store cannot be reached, one warning and the sweep left
+                 warn: Callable[[str], None] = _warn, live: Live | None = None,
+                 entry_id: str | None = None) -> tuple[str, bool]:
+    """Finish the sweep's ``live`` logging (or, without one, log it after the fact), or, when the
+    store cannot be reached or ``live`` broke on the way, one warning and the sweep left
     pending. Returns (the tracking URI, whether everything was logged).
 
-    The entry is written before logging and removed after, so a crash in between also
-    leaves it pending; replaying it is safe because logging a run again replaces it.
+    The entry is written before the last logging and removed after, so a crash in between also
+    leaves it pending; a replay logs the sweep again as a new parent run (nothing is deleted).
     """
-    uri = uri or tracking_uri(cfg, out)
-    entry = {"name": name, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
+    uri = uri or (live.uri if live else tracking_uri(cfg, out))
+    entry_id = entry_id or uuid.uuid4().hex
+    entry = {"name": name, "entry_id": entry_id, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
              "run_ids": [r.run_id for r in records], "artifacts": [str(p) for p in artifacts],
              "run_artifacts": {rid: [str(p) for p in paths] for rid, paths in (run_artifacts or {}).items()}}
     _update_pending(out, name, entry)
     try:
-        check_reachable(uri)
-        with _http_settings(LOG_HTTP, override=False):
-            log_sweep(cfg, out, name, records, artifacts, run_artifacts, uri=uri)
+        if live is not None:
+            if live.broken or not live.finish(records, artifacts, run_artifacts, entry_id):
+                raise RuntimeError(live.broken)
+        else:
+            check_reachable(uri)
+            with _http_settings(LOG_HTTP, override=False):
+                log_sweep(cfg, out, name, records, artifacts, run_artifacts, uri=uri, entry_id=entry_id)
     # Deliberately broad: MLflow is a copy of the Parquet tables, already written, and no
     # failure of the copy (refused connection, HTTP error, locked or unwritable store) may
     # end a sweep; the entry stays for sync-mlflow and the error is shown.

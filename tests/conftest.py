@@ -1,12 +1,27 @@
-"""Shared fixtures: one small synthetic world per test session, real shards on disk."""
+"""Shared fixtures: one small synthetic world per test session, real shards on disk, and Ray
+hygiene: the tests start and stop only their own Ray clusters, beside a foreign one they prove
+untouched."""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/raycluster.py, for every test module
+
+from raycluster import RayCluster  # noqa: E402
+
 # Never touch the user's cache or start Ray with an auth token from a test.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's machine-wide temp root (/tmp/ray: session dirs, the "current cluster" file that
+# address=None / "auto" join) becomes the session's own: no test can find, join or register
+# in someone else's cluster by accident. Short: Ray's socket paths live below it.
+SESSION_RAY_TMP = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+os.environ["RAY_TMPDIR"] = str(SESSION_RAY_TMP)
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +40,58 @@ def world(cache) -> Path:
     root = synthetic_root("small")
     synthetic.generate(root, synthetic.small_spec())
     return root
+
+
+def _jobs_and_nodes(address: str) -> tuple[int, int]:
+    """(drivers that ever connected, live nodes) of the cluster at ``address``, asked of its GCS
+    from a fresh process, which does not itself connect as a driver."""
+    probe = ("import sys; from ray._raylet import GcsClient; c = GcsClient(address=sys.argv[1]); "
+             "jobs = c.get_all_job_info(skip_submission_job_info_field=True, skip_is_running_tasks_field=True); "
+             "nodes = c.get_all_node_info(); "
+             "print(sum(not j.config.ray_namespace.startswith('_ray_internal') for j in jobs.values()), "
+             "sum(n.state == 0 for n in nodes.values()))")
+    done = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs, nodes = done.stdout.split()
+    return int(jobs), int(nodes)
+
+
+def _wants_foreign_cluster(session) -> bool:
+    """The foreign cluster costs a Ray start: run it when slow (Ray) tests are selected, as in
+    `python -m pytest -q`, or when HARNESS_TEST_FOREIGN_RAY=1 asks for it."""
+    wanted = os.environ.get("HARNESS_TEST_FOREIGN_RAY")
+    if wanted is not None:
+        return wanted == "1"
+    return any(item.get_closest_marker("slow") for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def foreign_ray(request):
+    """Someone else's Ray cluster, running on this machine for the whole session (its own temp
+    dir and ports, registered in its own temp dir as `ray start` does). At the end, every one
+    of its processes must still run and no driver may ever have joined it; otherwise the
+    session ends with an error naming what happened. None when not started."""
+    if not _wants_foreign_cluster(request.session):
+        yield None
+    else:
+        cluster = RayCluster(num_cpus=1).start()
+        pids = {p.pid for p in cluster.processes()}
+        try:
+            yield cluster
+            gone = sorted(pid for pid in pids if not _running(pid))
+            assert not gone, f"the test session killed processes of a foreign Ray cluster: {gone}"
+            jobs, nodes = _jobs_and_nodes(cluster.address)
+            assert nodes == 1, f"the foreign Ray cluster has {nodes} live nodes, expected 1"
+            assert jobs == 0, f"{jobs} driver(s) of the test session joined a foreign Ray cluster"
+        finally:
+            cluster.stop()
+    shutil.rmtree(SESSION_RAY_TMP, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -8,11 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
 from ray import cloudpickle  # Ray's own copy: the one that pickles the train loop
+from raycluster import RayCluster, free_port, own_descendants
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests folder
@@ -104,10 +104,10 @@ def _kill_a_worker_after_first_checkpoint(storage: Path, done: threading.Event, 
     deadline = time.time() + 240
     while time.time() < deadline and not done.is_set():
         if _training_checkpoint_registered(storage):
-            for proc in psutil.process_iter(["cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    proc.kill()
-                    killed.append(proc.pid)
+            # Only a worker of the local cluster this test process started: never anyone else's.
+            for proc in own_descendants("RayTrainWorker"):
+                proc.kill()
+                killed.append(proc.pid)
             if killed:
                 return
         time.sleep(0.2)
@@ -151,22 +151,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint(world, tmp_path, local_ray)
 
 @pytest.fixture()
 def two_nodes():
-    """A head and a second node on loopback, one CPU each; stopped afterwards."""
-    import ray
-
-    ray.shutdown()  # `ray stop` below ends every Ray process on this machine
-    port = 6391
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    common = ["--num-cpus=1", "--disable-usage-stats"]
-    try:
-        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, env=env, capture_output=True)
-        subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", *common],
-                       check=True, env=env, capture_output=True)
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+    """A head and a second node on loopback, one CPU each, in their own temp dir on free ports;
+    stopped afterwards by the process ids they started (never `ray stop`)."""
+    with RayCluster(num_cpus=1, extra_nodes=1) as cluster:
+        yield cluster.address
 
 
 def test_two_workers_run_on_two_nodes(world, tmp_path, two_nodes):
@@ -205,7 +193,7 @@ def _assert_each_test_sample_encoded_once(world: Path, run_dir: Path, summary: d
 @pytest.fixture()
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback with its own SQLite store; its http URI."""
-    port = 5391
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     server = subprocess.Popen(
