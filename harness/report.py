@@ -9,6 +9,7 @@ seeded, PNGs carry no date); one header line carries the date.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,13 +56,50 @@ def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores
     return plots.lambda_sweep(trained, avg[avg["run_id"].isin(trained["run_id"])], zero, path)
 
 
+def _selection_line(runs: pd.DataFrame, chosen: dict[str, pd.Series]) -> list[str]:
+    """Which λ the CMA row is, and what the other λ > 0 runs scored on validation."""
+    if "cma" not in chosen:
+        return []
+    pick = chosen["cma"]
+    done = runs[(runs["status"] == "finished") & (runs["method"] == "cma")].sort_values("lam")
+    others = ", ".join(f"λ {r['lam']:g}: {md._num(r['val_objective'])}" for _, r in done.iterrows())
+    return [f"**Selected: CMA is λ = {pick['lam']:g}** (`{pick['run_id']}`), the best validation objective "
+            f"({md._num(pick['val_objective'])}) of the λ > 0 runs ({others}).", ""]
+
+
+def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown: list[str]) -> list[str]:
+    """Every computed score the main table leaves out (the classifier-logit scores msp, energy,
+    max_logit), compactly, and a note for every score whose AUROC is below chance."""
+    ood = tables.ood[tables.ood["run_id"].isin([r["run_id"] for r in chosen.values()])] if chosen else tables.ood
+    computed = sorted(ood["score"].unique()) if not ood.empty else []
+    rest = [s for s in computed if s not in shown]
+    lines = []
+    if rest:
+        lines += ["## Every other computed score (average over OoD sets, percent)",
+                  "FPR95 / AUROC averaged over the OoD test sets, AUROC with its 95% bootstrap interval. The "
+                  "classifier-logit scores read the zero-shot classifier's logits (image · class prompts).", "",
+                  md.score_table(chosen, ci, ood, rest), ""]
+    low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
+    names = {r["run_id"]: md.LABEL.get(m, m) for m, r in chosen.items()}
+    flagged = {}
+    for (rid, score), auroc in low.items():
+        if md.below_chance(auroc):
+            flagged.setdefault(score, []).append(f"{names.get(rid, rid)} {100 * auroc:.2f}")
+    for score, where in flagged.items():
+        lines += [f"⚠ **{score} is below chance** (average AUROC under 50): {', '.join(where)}. It ranks OoD "
+                  "samples as more in-distribution than ID ones here, so its FPR95 and AUROC say the score "
+                  "points the wrong way on this data, not that detection is hard.", ""]
+    return lines
+
+
 def _paired_section(tables: Tables, chosen: dict, scores: list[str], n_boot: int) -> list[str]:
     diffs = stats.paired_differences(tables, chosen, scores, n_boot)
     head = ["## Is the difference real? (paired bootstrap)",
             "Both methods scored the same test samples, paired by sample key; each replicate resamples "
             "those samples once and computes both methods' metrics on them. Δ = first − second, in "
             "percentage points. ✓: the 95% interval excludes 0 in the first method's favour "
-            "(lower FPR95, higher AUROC); ✗: it excludes 0 against it.", ""]
+            "(lower FPR95, higher AUROC); ✗: it excludes 0 against it. The sentences give each gap's size "
+            "and direction with its interval.", ""]
     if diffs.empty:
         return head + ["_Not available: needs per-sample scores of two of zero-shot, FLYP and CMA._", ""]
     return head + md.paired_summary(diffs) + ["", md.paired_table(diffs), ""]
@@ -136,6 +174,8 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
              "FLYP is λ = 0; CMA is the λ > 0 run with the best validation objective (mean of ID-val accuracy "
              "and OoD-val AUROC); test sets never enter the selection. ID accuracy: Wilson 95% interval.", "",
              md.main_table(chosen, ci, ood, scores) if not ood.empty else "_no OoD metrics recorded_", ""]
+    lines += _selection_line(runs, chosen)
+    lines += _other_scores_section(replace(tables, ood=ood), chosen, ci, scores)
     lines += _paired_section(tables, chosen, scores, n_boot)
     lines += _paper_section(suite, chosen, ood) + _seed_section(runs, ood, scores)
     figures = out_md.parent / f"{out_md.stem}{suffix}"

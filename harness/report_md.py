@@ -92,21 +92,58 @@ def paired_table(diffs: pd.DataFrame) -> str:
                  rows)
 
 
+def _direction(a: str, b: str, metric: str, row: pd.Series) -> str:
+    """``CMA is 3.99 pp worse than zero-shot [2.92, 5.00]`` (the interval of that gap), or, when the
+    interval includes 0, that no difference is resolved, with the signed Δ."""
+    name_a, name_b = LABEL.get(a, a), LABEL.get(b, b)
+    est, low, high = 100 * row["estimate"], 100 * row["low"], 100 * row["high"]
+    if not uncertainty.Interval(row["estimate"], row["low"], row["high"]).excludes_zero():
+        return f"no difference resolved (Δ {est:+.2f} pp [{low:+.2f}, {high:+.2f}])"
+    a_better = est < 0 if metric == "fpr95" else est > 0  # lower FPR95, higher AUROC is better
+    gap, gap_low, gap_high = (abs(est), min(abs(low), abs(high)), max(abs(low), abs(high)))
+    return f"{name_a} is {gap:.2f} pp {'better' if a_better else 'worse'} than {name_b} [{gap_low:.2f}, {gap_high:.2f}]"
+
+
 def paired_summary(diffs: pd.DataFrame) -> list[str]:
-    """One sentence per (comparison, score) on the average over OoD sets."""
+    """One sentence per (comparison, score) on the average over OoD sets, each metric worded
+    with its direction."""
     lines = []
     avg = diffs[diffs["dataset"] == uncertainty.AVERAGE]
     for (a, b, score), group in avg.groupby(["a", "b", "score"], sort=False):
-        f, u = group.set_index("metric").loc["fpr95"], group.set_index("metric").loc["auroc"]
-        resolved = [name for name, r in (("FPR95", f), ("AUROC", u))
-                    if uncertainty.Interval(r["estimate"], r["low"], r["high"]).excludes_zero()]
-        verdict = f"the interval excludes 0 for {' and '.join(resolved)}" if resolved else \
-            "both intervals include 0: no difference is resolved on these samples"
-        lines.append(f"- **{LABEL[a]} − {LABEL[b]}, {score}, average over OoD sets:** "
-                     f"ΔFPR95 {100 * f['estimate']:+.2f} pp [{100 * f['low']:+.2f}, {100 * f['high']:+.2f}], "
-                     f"ΔAUROC {100 * u['estimate']:+.2f} pp [{100 * u['low']:+.2f}, {100 * u['high']:+.2f}]; "
-                     f"{verdict}.")
+        by_metric = group.set_index("metric")
+        lines.append(f"- **{LABEL.get(a, a)} vs {LABEL.get(b, b)}, {score}, average over OoD sets:** "
+                     f"FPR95: {_direction(a, b, 'fpr95', by_metric.loc['fpr95'])}; "
+                     f"AUROC: {_direction(a, b, 'auroc', by_metric.loc['auroc'])}.")
     return lines
+
+
+CHANCE_AUROC = 0.5
+
+
+def below_chance(value: float) -> bool:
+    """An AUROC under 0.5: the score ranks OoD samples as more in-distribution than ID ones."""
+    return value is not None and not pd.isna(value) and value < CHANCE_AUROC
+
+
+def score_table(chosen: dict[str, pd.Series], ci: pd.DataFrame, ood: pd.DataFrame, scores: list[str]) -> str:
+    """Compact: one row per chosen method, per score the average over OoD sets of FPR95 / AUROC
+    (with the AUROC's interval); ⚠ marks an AUROC below chance."""
+    rows = []
+    for method, run in chosen.items():
+        row = [LABEL.get(method, method)]
+        for score in scores:
+            mine = ood[(ood["run_id"] == run["run_id"]) & (ood["score"] == score)]
+            if mine.empty:
+                row.append("-")
+                continue
+            auroc, cell = mine["auroc"].mean(), pct(mine["auroc"].mean())
+            found = ci[(ci["run_id"] == run["run_id"]) & (ci["score"] == score) & (ci["metric"] == "auroc")
+                       & (ci["dataset"] == uncertainty.AVERAGE)] if not ci.empty else ci
+            if not found.empty:
+                auroc, cell = found["estimate"].iloc[0], ci_cell(*found[["estimate", "low", "high"]].iloc[0])
+            row.append(f"{pct(mine['fpr95'].mean())} / {cell}" + (" ⚠" if below_chance(auroc) else ""))
+        rows.append(row)
+    return table(["method"] + [f"{s} FPR95↓ / AUROC↑" for s in scores], rows)
 
 
 def paper_table(comparison: pd.DataFrame) -> str:

@@ -21,7 +21,8 @@ def _scores(seed: int, shift: float) -> tuple[dict, dict]:
     for d, k in keys.items():
         centre = 0.0 if d == "id_test" else -shift
         base = rng.normal(centre, 1.0, len(k))
-        scores[d] = {"mcm": torch.tensor(base), "neglabel": torch.tensor(base + rng.normal(0, 0.5, len(k)))}
+        scores[d] = {"mcm": torch.tensor(base), "neglabel": torch.tensor(base + rng.normal(0, 0.5, len(k))),
+                     "msp": torch.tensor(-base)}  # a classifier-logit score pointing the wrong way
     return keys, scores
 
 
@@ -73,7 +74,7 @@ def test_main_table_intervals_are_the_bootstrap_of_the_recorded_samples(mos_out,
 
 def test_paired_section_paper_and_seed_spread(mos_out, written):
     assert "## Is the difference real? (paired bootstrap)" in written
-    assert "| CMA − FLYP | neglabel | avg |" in written and "**CMA − zero-shot, mcm" in written
+    assert "| CMA − FLYP | neglabel | avg |" in written and "**CMA vs zero-shot, mcm" in written
     assert "80 / 240 |" in written  # all samples paired across the four OoD sets
     assert "## The paper beside us" in written and "| CMA | neglabel | avg |" in written
     assert "19.93 / 95.13" in written  # the paper's CMA + NegLabel MOS average
@@ -127,3 +128,19 @@ def test_accelerator_hours_count_gpus_only():
                           "wall_s": 1800.0, "train_s": 1500.0, "eval_s": 300.0}])
     per_run, per_sweep = report_stats.cost(runs)
     assert per_run["accelerator_h"].iloc[0] == 1.0 and per_sweep["accelerator_h"].iloc[0] == 1.0
+
+
+def test_every_score_is_shown_below_chance_flagged_directions_worded_and_lam_named(mos_out, written):
+    tables = report_stats.load([mos_out])
+    chosen = report_stats.select_runs(tables.runs)
+    assert "## Every other computed score" in written and "| method | msp FPR95↓ / AUROC↑ |" in written
+    assert written.count(" ⚠ |") == 3  # msp below chance for each of the three methods
+    assert "⚠ **msp is below chance**" in written
+    assert f"**Selected: CMA is λ = {chosen['cma']['lam']:g}**" in written
+    assert "**FLYP vs zero-shot, neglabel" in written
+    diffs = report_stats.paired_differences(tables, chosen, ["mcm"], 200)
+    row = diffs[(diffs["a"] == "cma") & (diffs["b"] == "zero-shot") & (diffs["dataset"] == "avg")
+                & (diffs["metric"] == "auroc")].iloc[0]
+    assert row["low"] > 0  # CMA's OoD scores sit further below ID: a resolved gain
+    assert (f"AUROC: CMA is {100 * row['estimate']:.2f} pp better than zero-shot "
+            f"[{100 * row['low']:.2f}, {100 * row['high']:.2f}]") in written
