@@ -20,7 +20,8 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
                         help="override a config value, e.g. --set loss.lam=0.01 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<name>)")
     parser.add_argument("--address", default=None,
-                        help="address of an existing Ray cluster (default: start a local one)")
+                        help="join this Ray cluster: HOST:PORT, or auto for the one registered on this machine "
+                             "(default: start a private local one, never joining another)")
     parser.add_argument("--append", action="store_true",
                         help="record into an --out that holds another experiment definition, keeping both "
                              "(this one's runs labelled d2, d3, ...); without it such an --out is refused")
@@ -31,8 +32,11 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Fine-tune CLIP for out-of-distribution detection and compare methods "
+        "(zero-shot, FLYP, CMA) fairly: Ray Train runs, Ray Tune sweeps, Parquet tables, MLflow, markdown reports.",
+        epilog="Start with `harness demo --out runs/demo`; `harness COMMAND --help` gives a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
     _common(sub.add_parser("demo", help="the whole benchmark on the embedded synthetic data"), needs_config=False)

@@ -6,6 +6,8 @@ earlier online session left in the open_clip / Hugging Face caches.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,17 +48,30 @@ def build(arch: str, weights: str | None, train_crop_scale: tuple[float, float] 
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown model.arch {arch!r}; open_clip knows: {', '.join(open_clip.list_models())}")
     scripted = weights is not None and _is_torchscript(weights)
-    model, train_tf, eval_tf = open_clip.create_model_and_transforms(
-        arch,
-        pretrained=None if scripted else weights,
-        aug_cfg={"scale": train_crop_scale},
-        output_dict=True,
-        force_quick_gelu=quick_gelu,
-        weights_only=True,  # never unpickle arbitrary objects from a checkpoint
-    )
+    quiet = _RandomInitAsked()
+    if weights is None:  # random weights asked for: open_clip's warning about them says nothing
+        logging.getLogger().addFilter(quiet)
+    try:
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+            arch,
+            pretrained=None if scripted else weights,
+            aug_cfg={"scale": train_crop_scale},
+            output_dict=True,
+            force_quick_gelu=quick_gelu,
+            weights_only=True,  # never unpickle arbitrary objects from a checkpoint
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if scripted:
         _load_torchscript_weights(model, weights)
     return ClipBundle(model, train_tf, eval_tf, open_clip.get_tokenizer(arch))
+
+
+class _RandomInitAsked(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" when random weights are what was asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
 
 
 def _is_torchscript(path: str) -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from harness import checkpoint, engine, evaluate, gap, models
-from harness.config import Config, SearchConfig
+from harness.config import Config, SearchConfig, run_label
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
 from harness.data.shards import check_class_lists, read_manifest
@@ -157,7 +157,7 @@ def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStop
     summary = {"status": stop.status, "error": str(stop), "epochs": stop.history, **facts,
                **train_bad_counts(cfg, stop.history), "train_s": time.perf_counter() - started,
                "wall_s": time.perf_counter() - started}
-    log(f"[{cfg.name}] {stop.status}: {stop}")
+    log(f"[{run_label(cfg)}] {stop.status}: {stop}")
     write_json(paths.run_dir / (RESULT if stop.status == "diverged" else FAILED), summary)
     ctx.report({**tune_metrics(summary), stop.status: 1}, None)
     return summary
@@ -184,7 +184,7 @@ def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, m
     if state is not None:
         checkpoint.restore(state, model, optimizer, scheduler)
         history, done = list(state["history"]), int(state["epoch"])
-        log(f"[{cfg.name}] resuming after epoch {done} (step {state['step']})")
+        log(f"[{run_label(cfg)}] resuming after epoch {done} (step {state['step']})")
     loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
     planned = steps * cfg.schedule.epochs * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
     batches = CountedBatches(loader(train_pipeline(
@@ -206,7 +206,7 @@ def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, m
             check_bad_fraction(cfg, history, steps * metrics["global_batch"], seen)  # the same verdict on every rank
             if ctx.rank == 0:
                 metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
-                log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
+                log(f"[{run_label(cfg)}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
                     f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
                     f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
             resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -91,10 +92,17 @@ def _http_settings(values: Mapping[str, str], override: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _quiet_store_setup() -> None:
+    """MLflow announces at INFO each time it creates or migrates a SQLite store's tables."""
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def check_reachable(uri: str) -> None:
     """One cheap request to the store; raises (quickly) when it cannot be reached."""
     from mlflow.tracking import MlflowClient
 
+    _quiet_store_setup()
     with _http_settings(PROBE_HTTP, override=True):
         MlflowClient(uri).search_experiments(max_results=1)
 

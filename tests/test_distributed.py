@@ -236,7 +236,7 @@ def test_optuna_sweep_with_asha_is_tracked_on_an_mlflow_server(world, tmp_path, 
     assert set(trials["status"]) <= {"finished", "stopped"} and (trials["status"] == "finished").any()
     assert not (out / "mlflow.db").exists()  # everything went to the server
     mlflow.set_tracking_uri(mlflow_server)
-    logged = mlflow.search_runs(experiment_names=["harness"])
+    logged = mlflow.search_runs(experiment_names=["dist"])
     parent = logged[logged["tags.harness.kind"] == "sweep"]
     children = logged[logged["tags.harness.kind"] == "run"]
     assert len(parent) == 1 and len(children) == 4

@@ -44,6 +44,9 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     ood = results.read(out / "results", results.OOD)
     assert len(ood) == 3 * 5 * 2  # runs x scores x OoD test sets
     assert set(ood["dataset"]) == {"near_ood", "far_ood"}  # never the validation OoD set
+    by_run = runs.set_index("run_id")  # method and the searched values ride along: no join needed
+    assert (ood["method"] == by_run.loc[ood["run_id"], "method"].to_numpy()).all()
+    assert (ood["loss.lam"] == by_run.loc[ood["run_id"], "lam"].to_numpy()).all()
     assert ood[["fpr95", "auroc", "aupr_in", "aupr_out"]].stack().between(0, 1).all()
     assert len(results.read(out / "results", results.EPOCHS)) == 2  # two trials x one epoch
 
@@ -59,12 +62,24 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
         assert (out / f"report-{png}.png").stat().st_size > 0, png
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    logged = mlflow.search_runs(experiment_names=["harness"])
+    logged = mlflow.search_runs(experiment_names=["e2e"])  # one experiment per sweep name
     assert sorted(logged[f"tags.{tracking.RUN_ID_TAG}"]) == sorted(list(runs["run_id"]) + ["e2e-sweep"])
     children = logged[logged["tags.harness.kind"] == "run"]
+    parent = logged[logged["tags.harness.kind"] == "sweep"].iloc[0]
     assert children["metrics.id_accuracy"].notna().all()
-    assert (children["tags.mlflow.parentRunId"] == logged[logged["tags.harness.kind"] == "sweep"]["run_id"].iloc[0]).all()
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"]).all()
+    assert sorted(children["tags.mlflow.runName"]) == ["cma lam=0.5", "flyp lam=0", "zero-shot"]
+    # Logged live: each run's MLflow span covers its own training and evaluation (wall_s).
+    spans = (children["end_time"] - children["start_time"]).dt.total_seconds()
+    walls = runs.set_index("run_id").loc[children[f"tags.{tracking.RUN_ID_TAG}"], "wall_s"].to_numpy()
+    assert (spans.to_numpy() >= walls).all(), (spans, walls)
+    assert parent["start_time"] <= children["start_time"].min() and parent["end_time"] >= children["end_time"].max()
+    assert parent["metrics.trials"] == 2 and parent["metrics.trials_finished"] == 2
+    assert parent["metrics.best.val_objective"] == runs[runs["method"] != "zero-shot"]["val_objective"].max()
     client = mlflow.tracking.MlflowClient()
+    for _, child in children[children["tags.method"] != "zero-shot"].iterrows():
+        assert [m.step for m in client.get_metric_history(child["run_id"], "train_loss")] == [1]  # epoch 1, once
+        assert [m.step for m in client.get_metric_history(child["run_id"], "id_accuracy")] == [1]
     for child in children["run_id"]:  # each run's own report section, with its intervals
         assert [a.path for a in client.list_artifacts(child)] == ["report.md"]
         assert "% [95% CI]" in (Path(client.download_artifacts(child, "report.md", str(tmp_path)))).read_text()

@@ -127,7 +127,7 @@ def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(root, tmp_path, ray_
     assert not (results.read(out / "results", results.OOD)["run_id"] == diverged_id).any()
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    logged = mlflow.search_runs(experiment_names=["harness"]).set_index(f"tags.{tracking.RUN_ID_TAG}")
+    logged = mlflow.search_runs(experiment_names=["diverge"]).set_index(f"tags.{tracking.RUN_ID_TAG}")
     assert logged.loc[diverged_id, "tags.status"] == "diverged"
     assert float(logged.loc[diverged_id, "params.optim.lr"]) == ABSURD_LR
     finished_id = others[others["method"] == "flyp"]["run_id"].iloc[0]

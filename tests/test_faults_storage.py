@@ -116,11 +116,11 @@ def test_processes_writing_at_once_lose_no_row_of_any_table(tmp_path):
 
 # --- MLflow unreachable, then synced --------------------------------------------------------------
 
-def _logged(uri: str) -> pd.DataFrame:
+def _logged(uri: str, experiment: str) -> pd.DataFrame:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=["harness"])  # active runs only: deleted ones are replaced ones
+    return mlflow.search_runs(experiment_names=[experiment])  # one experiment per sweep name
 
 
 def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
@@ -151,7 +151,7 @@ def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     tracking.pending_path(out).write_text(saved)  # as if a sync died after logging, before clearing
     assert driver.sync_mlflow(out, good) == 0
     assert driver.sync_mlflow(out, good) == 0  # nothing left: a no-op
-    logged = _logged(good)
+    logged = _logged(good, "defer")
     children = logged[logged["tags.harness.kind"] == "run"]
     assert sorted(children[f"tags.{tracking.RUN_ID_TAG}"]) == ["defer-0.0", "defer-0.1"]
     assert (logged["tags.harness.kind"] == "sweep").sum() == 1
@@ -228,7 +228,7 @@ def test_a_sweep_with_mlflow_down_completes_warns_once_and_syncs_later(world, tm
         again = subprocess.run(cli + ["sync-mlflow", "--out", str(out)], env=env, capture_output=True, text=True,
                                timeout=300)
         assert again.returncode == 0 and "nothing to sync" in again.stdout
-        logged = _logged(f"http://127.0.0.1:{port}")
+        logged = _logged(f"http://127.0.0.1:{port}", "down")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

@@ -56,7 +56,7 @@ def test_forty_trials_give_one_row_and_one_mlflow_child_each(world, tmp_path):
     assert len(list((out / "ray").glob("load-sweep-*/_trial_in_process_*"))) == trials  # Tune ran each once
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-    logged = mlflow.search_runs(experiment_names=["harness"])
+    logged = mlflow.search_runs(experiment_names=["load"])
     parent = logged[logged["tags.harness.kind"] == "sweep"]
     children = logged[logged["tags.harness.kind"] == "run"]
     assert len(parent) == 1
