@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,8 +37,60 @@ from harness.runner import FAILED, RESULT, RunPaths, run, tune_metrics, write_js
 log = logging.getLogger(__name__)
 
 
+# Ray's own warnings that ask nothing of the user on these clusters: the first of each kind is
+# replaced by one line saying why it appears; the rest (and their tracebacks) are dropped.
+RAY_NOISE = {
+    "Failed to query Ray Train Controller actor state":
+        "Ray Train's PlacementGroupCleaner polls the State API, which needs the Ray dashboard; local "
+        "clusters run without it (no listener), so it warns each poll. Harmless: it only frees the "
+        "placement group of a crashed Train controller",
+    "PreemptionWatcher":
+        "Ray Train's watch for preempted (spot) nodes could not poll; harmless on nodes that are never preempted",
+    "PlacementGroupCleaner":
+        "Ray Train's helper that frees a crashed run's placement group; its start and stop are internal",
+}
+
+
+def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str], list[str]]:
+    """(the lines that are not RAY_NOISE, one explanation per kind not yet in ``explained``, which
+    it updates). A dropped warning's traceback lines (indented, or ``Traceback``) go with it."""
+    kept, notes, dropping = [], [], False
+    for line in lines:
+        hit = next((key for key in RAY_NOISE if key in line), None)
+        if hit is None and dropping and (line[:1].isspace() or line.startswith("Traceback")):
+            continue
+        dropping = hit is not None
+        if hit is None:
+            kept.append(line)
+        elif hit not in explained:
+            explained.add(hit)
+            notes.append(f"harness: Ray warns \"{hit} ...\" (shown once, then hidden): {RAY_NOISE[hit]}")
+    return kept, notes
+
+
+def _quiet_ray_noise() -> None:
+    """Filter RAY_NOISE out of the worker output Ray prints on the driver (explained once each)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printer = next((handler for name, handler in dispatcher.handlers if name == "ray_print_logs"), None)
+    if printer is None:  # log_to_driver off, or Ray changed: leave Ray's printing as it is
+        return
+    explained: set[str] = set()
+
+    def filtered(data: dict) -> None:
+        kept, notes = without_ray_noise(list(data.get("lines", [])), explained)
+        for note in notes:
+            print(note, file=sys.stderr)
+        if kept:
+            printer({**data, "lines": kept})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
+
+
 def init(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (an existing cluster) or start a local one."""
+    """Join ``address`` (HOST:PORT, or ``auto``: the cluster registered on this machine) or,
+    with None, start a private local cluster (never joining another)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # 2.60 otherwise writes a token file
     # Train V2 reports through Tune when nested; keep the noisy per-iteration tables off.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -46,10 +99,13 @@ def init(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
+        # A local cluster's nodes are never preempted: no watcher actor (and none of its warnings).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # address="local" always starts a private cluster: address=None would join whatever
         # cluster is registered on this machine (someone else's, or a dead one).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=200 * 1024 * 1024)
+    _quiet_ray_noise()
 
 
 def shutdown() -> None:
