@@ -165,7 +165,7 @@ def check_model_weights(arch: str, pretrained: str | None, field: str = "model.p
 def check_address(address: str, timeout_s: float = 5.0) -> None:
     """An existing cluster answers at ``address``: ray.init would otherwise retry for minutes."""
     if address == "auto":
-        address = _running_cluster()
+        address = registered_cluster()
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -177,17 +177,20 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                              f"({err.strerror or err}); start one with `ray start --head`") from None
 
 
-def _running_cluster() -> str:
-    """The address ``auto`` stands for (RAY_ADDRESS, else the cluster this machine started last)."""
-    from ray._private.services import canonicalize_bootstrap_address  # Ray's own lookup for "auto"
+def registered_cluster() -> str:
+    """The address ``auto`` stands for: RAY_ADDRESS, else the cluster registered on this machine
+    (``ray start`` writes it to ``<Ray temp root>/ray/ray_current_cluster``). Unlike Ray's own
+    "auto", never any other Ray process found running here: that may be someone else's."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
-    try:
-        found = canonicalize_bootstrap_address("auto")
-    except ConnectionError:
-        found = None
+    found = os.environ.get("RAY_ADDRESS") or find_bootstrap_address(None)
     if not found:
-        raise PreflightError("--address auto: no running Ray cluster found on this machine (nor in RAY_ADDRESS); "
-                             "start one with `ray start --head`, or leave --address out to start a local one")
+        others = sorted(set(find_gcs_addresses()))
+        seen = f"; Ray clusters found running here: {', '.join(others)} (give one as --address HOST:PORT)" \
+            if others else ""
+        raise PreflightError("--address auto: no running Ray cluster found registered on this machine (nor in "
+                             f"RAY_ADDRESS){seen}; start one with `ray start --head`, or leave --address out to "
+                             "start a private local one")
     return found
 
 

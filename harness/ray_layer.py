@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from harness import checkpoint
+from harness import checkpoint, preflight
 from harness import config as config_mod
 from harness.config import Config
 from harness.engine import RunContext
@@ -48,7 +49,13 @@ RAY_NOISE = {
         "Ray Train's watch for preempted (spot) nodes could not poll; harmless on nodes that are never preempted",
     "PlacementGroupCleaner":
         "Ray Train's helper that frees a crashed run's placement group; its start and stop are internal",
+    "Failed to send resource request":
+        "Ray Train asks an autoscaler for its workers' resources; a fixed cluster has none to ask and a busy "
+        "CPU times the request out. Harmless: the run waits for resources as usual",
+    "worker processes have been started on node":
+        "Ray started more Python workers at once than it expects (a busy machine, or many trials); harmless",
 }
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
 
 
 def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str], list[str]]:
@@ -57,7 +64,8 @@ def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str],
     kept, notes, dropping = [], [], False
     for line in lines:
         hit = next((key for key in RAY_NOISE if key in line), None)
-        if hit is None and dropping and (line[:1].isspace() or line.startswith("Traceback")):
+        if hit is None and dropping and (line[:1].isspace() or line.startswith("Traceback")
+                                         or _EXCEPTION_LINE.match(line)):
             continue
         dropping = hit is not None
         if hit is None:
@@ -97,7 +105,9 @@ def init(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        # Ray's own "auto" falls back to any Ray process it finds on the machine: resolve it ourselves.
+        ray.init(address=preflight.registered_cluster() if address == "auto" else address,
+                 logging_level=logging.WARNING)
     else:
         # A local cluster's nodes are never preempted: no watcher actor (and none of its warnings).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

@@ -225,6 +225,10 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
                 f"{filters.describe()}. Intervals: 95% percentile bootstrap, {n_boot} replicates (seed 0), "
                 "resampling the ID and OoD test samples (one ID draw shared by the OoD sets of a replicate, so "
                 "the average over sets has an interval too). They cover test-sample noise, not training seeds.", ""]
+    sweeps = sorted(tables.runs["sweep"].dropna().unique()) if "sweep" in tables.runs else []
+    if len(sweeps) > 1:
+        sections += [f"These tables hold {len(sweeps)} sweeps ({', '.join(f'`{s}`' for s in sweeps)}): the runs of "
+                     "all of them compete below. `harness report --tag SWEEP` keeps one.", ""]
     if notes:
         sections += [notes, ""]
     for suite in suites:

@@ -239,7 +239,10 @@ class Live:
             self.client.set_tag(child, "status", status)
             if summary:
                 last = max((int(e["epoch"]) for e in epochs), default=0)
-                self._metrics(child, final_metrics(summary), step=last)
+                final = final_metrics(summary)
+                if epochs:  # what the last epoch logged already (its validation) is not logged again
+                    final = {k: v for k, v in final.items() if epochs[-1].get(k) != v}
+                self._metrics(child, final, step=last)
                 if summary.get("checkpoint"):
                     self.client.set_tag(child, "checkpoint", summary["checkpoint"])
             for path in artifacts:
@@ -271,13 +274,15 @@ class Live:
         Returns whether everything reached MLflow."""
         run_artifacts = run_artifacts or {}
         for record in records:
-            if record.run_id in self.children:
-                paths = [p for p in run_artifacts.get(record.run_id, ()) if Path(p).is_file()]
+            paths = [p for p in run_artifacts.get(record.run_id, ()) if Path(p).is_file()]
+            if record.run_id in self.open:  # started here, never told it ended (Tune stopped it)
+                self.end(record.run_id, record.summary, record.status, paths)
+            elif record.run_id in self.children:
                 self.guarded(f"logging {record.run_id}'s report",
                              lambda r=record, p=paths: [self.client.log_artifact(self.children[r.run_id], str(x))
                                                         for x in p])
             else:
-                self.record(record, run_artifacts.get(record.run_id, ()))
+                self.record(record, paths)
 
         def close() -> None:
             metrics, best = sweep_summary(self.cfg, records)
