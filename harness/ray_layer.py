@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from harness import checkpoint, preflight
+from harness import checkpoint, preflight, ray_noise
 from harness import config as config_mod
 from harness.config import Config
 from harness.engine import RunContext
@@ -38,46 +37,8 @@ from harness.runner import FAILED, RESULT, RunPaths, run, tune_metrics, write_js
 log = logging.getLogger(__name__)
 
 
-# Ray's own warnings that ask nothing of the user on these clusters: the first of each kind is
-# replaced by one line saying why it appears; the rest (and their tracebacks) are dropped.
-RAY_NOISE = {
-    "Failed to query Ray Train Controller actor state":
-        "Ray Train's PlacementGroupCleaner polls the State API, which needs the Ray dashboard; local "
-        "clusters run without it (no listener), so it warns each poll. Harmless: it only frees the "
-        "placement group of a crashed Train controller",
-    "PreemptionWatcher":
-        "Ray Train's watch for preempted (spot) nodes could not poll; harmless on nodes that are never preempted",
-    "PlacementGroupCleaner":
-        "Ray Train's helper that frees a crashed run's placement group; its start and stop are internal",
-    "Failed to send resource request":
-        "Ray Train asks an autoscaler for its workers' resources; a fixed cluster has none to ask and a busy "
-        "CPU times the request out. Harmless: the run waits for resources as usual",
-    "worker processes have been started on node":
-        "Ray started more Python workers at once than it expects (a busy machine, or many trials); harmless",
-}
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
-
-
-def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str], list[str]]:
-    """(the lines that are not RAY_NOISE, one explanation per kind not yet in ``explained``, which
-    it updates). A dropped warning's traceback lines (indented, or ``Traceback``) go with it."""
-    kept, notes, dropping = [], [], False
-    for line in lines:
-        hit = next((key for key in RAY_NOISE if key in line), None)
-        if hit is None and dropping and (line[:1].isspace() or line.startswith("Traceback")
-                                         or _EXCEPTION_LINE.match(line)):
-            continue
-        dropping = hit is not None
-        if hit is None:
-            kept.append(line)
-        elif hit not in explained:
-            explained.add(hit)
-            notes.append(f"harness: Ray warns \"{hit} ...\" (shown once, then hidden): {RAY_NOISE[hit]}")
-    return kept, notes
-
-
 def _quiet_ray_noise() -> None:
-    """Filter RAY_NOISE out of the worker output Ray prints on the driver (explained once each)."""
+    """Filter ray_noise.RAY_NOISE out of the worker output Ray prints on the driver (explained once each)."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     printer = next((handler for name, handler in dispatcher.handlers if name == "ray_print_logs"), None)
@@ -86,7 +47,7 @@ def _quiet_ray_noise() -> None:
     explained: set[str] = set()
 
     def filtered(data: dict) -> None:
-        kept, notes = without_ray_noise(list(data.get("lines", [])), explained)
+        kept, notes = ray_noise.without_ray_noise(list(data.get("lines", [])), explained)
         for note in notes:
             print(note, file=sys.stderr)
         if kept:
