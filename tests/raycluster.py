@@ -109,7 +109,21 @@ class RayCluster:
                 raise RuntimeError(f"ray node did not start: {log.name}:\n{Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
 
-    def start(self, timeout_s: float = 90.0) -> "RayCluster":
+    def start(self, timeout_s: float = 90.0, attempts: int = 3) -> "RayCluster":
+        """Start every node; a node that fails to come up (Ray gives a raylet 30 s to register,
+        which a loaded machine can miss) stops what was started and the whole start is retried."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_all(timeout_s)
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+                (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _start_all(self, timeout_s: float) -> "RayCluster":
         self._start_node(["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=false",
                           f"--ray-client-server-port={free_port()}"],
                          lambda: _answers(self.port) and (self.temp_dir / "ray_current_cluster").is_file(), timeout_s)

@@ -205,7 +205,7 @@ def mlflow_server(tmp_path):
     try:
         import urllib.request
 
-        deadline = time.time() + 90
+        deadline = time.time() + 240  # a loaded machine: mlflow server starts uvicorn and its job workers
         while True:
             try:
                 urllib.request.urlopen(f"{uri}/health", timeout=2)
