@@ -2,6 +2,7 @@
 hygiene: the tests start and stop only their own Ray clusters, beside a foreign one they prove
 untouched."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,18 +43,30 @@ def world(cache) -> Path:
     return root
 
 
-def _jobs_and_nodes(address: str) -> tuple[int, int]:
-    """(drivers that ever connected, live nodes) of the cluster at ``address``, asked of its GCS
-    from a fresh process, which does not itself connect as a driver."""
-    probe = ("import sys; from ray._raylet import GcsClient; c = GcsClient(address=sys.argv[1]); "
+def cluster_drivers(address: str) -> tuple[list[tuple[int, str]], int]:
+    """([(driver pid, entrypoint)] of every driver that ever connected, live nodes) of the cluster
+    at ``address``, asked of its GCS from a fresh process, which does not connect as a driver."""
+    probe = ("import json, sys; from ray._raylet import GcsClient; c = GcsClient(address=sys.argv[1]); "
              "jobs = c.get_all_job_info(skip_submission_job_info_field=True, skip_is_running_tasks_field=True); "
              "nodes = c.get_all_node_info(); "
-             "print(sum(not j.config.ray_namespace.startswith('_ray_internal') for j in jobs.values()), "
-             "sum(n.state == 0 for n in nodes.values()))")
-    done = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=60)
+             "print(json.dumps([[[j.driver_pid, j.entrypoint] for j in jobs.values() "
+             "if not j.config.ray_namespace.startswith('_ray_internal')], "
+             "sum(n.state == 0 for n in nodes.values())]))")
+    done = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    jobs, nodes = done.stdout.split()
-    return int(jobs), int(nodes)
+    drivers, nodes = json.loads(done.stdout.strip().splitlines()[-1])
+    return [tuple(d) for d in drivers], nodes
+
+
+def ours(driver: tuple[int, str], basetemp: Path) -> bool:
+    """Whether a driver came from this test session: this process, one below it, or a command
+    naming the session's temp dir. (Other people's code on the machine may join any cluster it
+    finds: Ray's legacy `address="auto"` takes any running one.)"""
+    import psutil
+
+    pid, entrypoint = driver
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    return pid in mine or str(basetemp) in entrypoint
 
 
 def _wants_foreign_cluster(session) -> bool:
@@ -80,9 +93,10 @@ def foreign_ray(request):
             yield cluster
             gone = sorted(pid for pid in pids if not _running(pid))
             assert not gone, f"the test session killed processes of a foreign Ray cluster: {gone}"
-            jobs, nodes = _jobs_and_nodes(cluster.address)
+            drivers, nodes = cluster_drivers(cluster.address)
             assert nodes == 1, f"the foreign Ray cluster has {nodes} live nodes, expected 1"
-            assert jobs == 0, f"{jobs} driver(s) of the test session joined a foreign Ray cluster"
+            joined = [d for d in drivers if ours(d, request.config._tmp_path_factory.getbasetemp())]
+            assert not joined, f"driver(s) of the test session joined a foreign Ray cluster: {joined}"
         finally:
             cluster.stop()
     shutil.rmtree(SESSION_RAY_TMP, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _jobs_and_nodes
+from conftest import cluster_drivers, ours
 from raycluster import RayCluster, free_port
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,8 @@ def test_quick_start_beside_a_registered_cluster(world, tmp_path, kind, request)
     assert (out / "report.md").is_file()
     if kind == "running":
         assert before <= {p.pid for p in cluster.processes()}, "a process of the registered cluster was ended"
-        assert _jobs_and_nodes(address) == (0, 1), "the demo joined the registered cluster"
+        drivers, nodes = cluster_drivers(address)
+        assert nodes == 1 and not [d for d in drivers if ours(d, tmp_path)], "the demo joined the registered cluster"
 
 
 def test_address_auto_joins_the_registered_cluster(registered_cluster):
