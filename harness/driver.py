@@ -68,32 +68,40 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str) -> tra
     return record
 
 
-def _start_ray(cfg: Config, address: str | None, timer: Timer) -> None:
-    # Before data or weights are prepared: a run that can never fit fails in seconds.
+def _start_ray(cfg: Config, address: str | None, timer: Timer):
+    # Before data or weights are prepared: a run that can never fit fails in seconds; one that
+    # waits for an autoscaler's nodes has them asked for now, and they start meanwhile.
     with timer.stage("start Ray"):
         ray_layer.init(address)
-        ray_layer.check_fits(cfg)
+        return ray_layer.check_fits(cfg, log=timer.log)
 
 
 def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
-    _start_ray(cfg, address, timer)
-    with timer.stage("prepare data and starting weights"):
-        inputs = prepare.prepare_inputs(cfg, log=timer.log)
-    with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
-        try:
-            summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
-        except Exception as err:  # recorded as a failed run, then re-raised for the exit code
-            summary, error = None, repr(err)
-        record = _record(out, cfg.name, cfg, summary, error)
-        if error:
-            raise RuntimeError(f"run {record.run_id} failed: {error}")
+    admission = _start_ray(cfg, address, timer)
+    try:
+        with timer.stage("prepare data and starting weights"):
+            inputs = prepare.prepare_inputs(cfg, log=timer.log)
+        if admission.must_wait:
+            with timer.stage("wait for the autoscaler's nodes"):
+                ray_layer.wait_for_nodes(cfg, log=timer.log)
+        with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
+            try:
+                summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
+            except Exception as err:  # recorded as a failed run, then re-raised for the exit code
+                summary, error = None, repr(err)
+            record = _record(out, cfg.name, cfg, summary, error)
+            if error:
+                raise RuntimeError(f"run {record.run_id} failed: {error}")
+    finally:
+        if admission.must_wait:
+            ray_layer.request_nodes(cfg, runs=0)  # withdrawn: the autoscaler may remove idle nodes again
     return [record]
 
 
 def sweep(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
     if not cfg.search.space:
         raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
-    _start_ray(cfg, address, timer)
+    _start_ray(cfg, address, timer)  # ray_layer.sweep asks for (and waits for) the trials' nodes
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):
