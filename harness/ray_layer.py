@@ -320,8 +320,10 @@ def cluster_shape() -> ClusterShape:
     nodes = tuple({k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n["Alive"])
     status = _autoscaler_status() or {}
     report = status.get("autoscaler_report")
-    if report is None:
-        return ClusterShape(nodes)
+    if report is None:  # no autoscaler (v1 publishes this report), unless v2 runs: it may grow, limits unknown
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return ClusterShape(nodes, autoscaler=is_autoscaler_v2(fetch_from_server=True))
     running = dict(report.get("active_nodes") or {})
     for _, kind, _ in report.get("pending_nodes") or []:
         running[kind] = running.get(kind, 0) + 1

@@ -1,6 +1,8 @@
 """Admission (harness.admission) on hand-worked cluster shapes: fixed clusters refuse at once,
 autoscaling ones admit what their node types and max_workers can ever hold; and --space."""
 
+from pathlib import Path
+
 import pytest
 
 from harness import config as config_mod
@@ -96,3 +98,16 @@ def test_space_adds_to_the_files_space_and_replaces_its_key(tmp_path):
     path.write_text("search:\n  space:\n    loss.lam: {grid: [0, 1]}\n    optim.lr: {grid: [0.1]}\n")
     cfg = config_mod.load(path, [], space=["loss.lam=grid:0.5"])
     assert cfg.search.space["loss.lam"].grid == [0.5] and cfg.search.space["optim.lr"].grid == [0.1]
+
+
+def test_a_bad_space_on_the_command_line_exits_2_naming_the_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "sweeps/demo.yaml", "--space",
+                           "loss.lam=grd:0,1", "--out", str(tmp_path / "out")], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "--space loss.lam: 'grd:0,1' has no known form" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()

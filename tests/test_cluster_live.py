@@ -193,6 +193,7 @@ def test_an_autoscaling_cluster_admits_a_run_that_needs_a_node_it_has_not_starte
         log = done.stdout + done.stderr
         assert done.returncode == 0, log[-5000:]
     print(f"\nfake autoscaling cluster test: {time.perf_counter() - started:.0f} s wall")
+    print("\n".join(line for line in log.splitlines() if "nodes" in line or "holds at most" in line))
     assert "admitted, waiting for nodes: 2 worker(s) x {1 CPU}: the cluster holds 1 now; the autoscaler can " \
            "add the rest" in log
     assert "waiting for nodes (" in log and "nodes ready after" in log
