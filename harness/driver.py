@@ -78,23 +78,19 @@ def _start_ray(cfg: Config, address: str | None, timer: Timer):
 
 def train(cfg: Config, out: Path, address: str | None, timer: Timer) -> list[tracking.Record]:
     admission = _start_ray(cfg, address, timer)
-    try:
-        with timer.stage("prepare data and starting weights"):
-            inputs = prepare.prepare_inputs(cfg, log=timer.log)
-        if admission.must_wait:
-            with timer.stage("wait for the autoscaler's nodes"):
-                ray_layer.wait_for_nodes(cfg, log=timer.log)
-        with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
-            try:
-                summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
-            except Exception as err:  # recorded as a failed run, then re-raised for the exit code
-                summary, error = None, repr(err)
-            record = _record(out, cfg.name, cfg, summary, error)
-            if error:
-                raise RuntimeError(f"run {record.run_id} failed: {error}")
-    finally:
-        if admission.must_wait:
-            ray_layer.request_nodes(cfg, runs=0)  # withdrawn: the autoscaler may remove idle nodes again
+    with timer.stage("prepare data and starting weights"):
+        inputs = prepare.prepare_inputs(cfg, log=timer.log)
+    if admission.must_wait:
+        with timer.stage("wait for the autoscaler's nodes"):
+            ray_layer.wait_for_nodes(cfg, log=timer.log)
+    with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
+        try:
+            summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
+        except Exception as err:  # recorded as a failed run, then re-raised for the exit code
+            summary, error = None, repr(err)
+        record = _record(out, cfg.name, cfg, summary, error)
+        if error:
+            raise RuntimeError(f"run {record.run_id} failed: {error}")
     return [record]
 
 

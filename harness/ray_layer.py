@@ -7,6 +7,7 @@ space onto Tune.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -356,10 +357,19 @@ def check_fits(cfg: Config, log=print) -> Admission:
 
 def request_nodes(cfg: Config, runs: int) -> None:
     """Ask the autoscaler to hold ``runs`` runs of ``cfg`` (0: withdraw the request, so idle
-    nodes can go). Overrides the previous request; a no-op without an autoscaler."""
+    nodes can go). Overrides the previous request (one per cluster); the first request also
+    withdraws it when this process exits, however the command ends."""
     from ray.autoscaler.sdk import request_resources
 
+    global _withdraw_at_exit
+    if runs and not _withdraw_at_exit:
+        # Registered after ray.init's own exit hook, so it runs first, while still connected.
+        atexit.register(lambda: ray.is_initialized() and request_resources(bundles=[]))
+        _withdraw_at_exit = True
     request_resources(bundles=[worker_resources(cfg)] * (cfg.resources.num_workers * runs))
+
+
+_withdraw_at_exit = False
 
 
 def wait_for_nodes(cfg: Config, log=print, poll_s: float = 2.0, every_s: float = 15.0) -> None:
