@@ -318,13 +318,18 @@ def _autoscaler_config(status: dict) -> dict | None:
 
 def cluster_shape() -> ClusterShape:
     """The live nodes' resources, and the node types the autoscaler may still start."""
-    nodes = tuple({k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n["Alive"])
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    nodes = tuple({k: float(v) for k, v in n["Resources"].items()} for n in alive)
     status = _autoscaler_status() or {}
     report = status.get("autoscaler_report")
-    if report is None:  # no autoscaler (v1 publishes this report), unless v2 runs: it may grow, limits unknown
+    if report is None:  # no v1 monitor report; autoscaler v2 may grow the cluster, limits unknown
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         return ClusterShape(nodes, autoscaler=is_autoscaler_v2(fetch_from_server=True))
+    if set(report.get("active_nodes") or {}) <= {format_readonly_node_type(n["NodeID"]) for n in alive}:
+        return ClusterShape(nodes)  # Ray's read-only provider: started without --autoscaling-config, fixed
     running = dict(report.get("active_nodes") or {})
     for _, kind, _ in report.get("pending_nodes") or []:
         running[kind] = running.get(kind, 0) + 1
