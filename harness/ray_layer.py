@@ -189,7 +189,7 @@ def _patient_worker_group(cfg: Config) -> None:
     """On an autoscaling cluster a Train worker group waits up to resources.node_wait_s for its
     nodes (Train's own limit, 60 s, is shorter than a cloud node's start). Train V2 passes this
     variable from the process that calls fit() to its controller."""
-    if (_autoscaler_status() or {}).get("autoscaler_report") is not None:
+    if cluster_shape().autoscaler:
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(max(60.0, cfg.resources.node_wait_s))
 
 
