@@ -114,7 +114,7 @@ def _start_head(env: dict, args: tuple[str, ...], port: int) -> str | None:
         return temp
     stop_processes_naming(temp)
     shutil.rmtree(temp, ignore_errors=True)
-    print(f"ray start failed (retrying once): {done.stderr[-1500:]}")
+    print(f"ray start failed (retrying): {done.stderr[-1500:]}")
     return None
 
 
@@ -122,8 +122,10 @@ def _start_head(env: dict, args: tuple[str, ...], port: int) -> str | None:
 def ray_head(env: dict, *args: str, port: int | None = None):
     """`ray start --head` with its own temp dir and free ports; yields (gcs address, temp dir)."""
     port = port or free_port()
-    temp = _start_head(env, args, port) or _start_head(env, args, port)
-    assert temp, "ray start --head failed twice"
+    temp = None
+    for _ in range(4):  # each try has Ray's fixed 30 s; a machine shared with other work can miss it
+        temp = temp or _start_head(env, args, port)
+    assert temp, "ray start --head failed 4 times"
     try:
         from ray._private.services import get_node_ip_address
 
