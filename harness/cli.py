@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from harness import outdir, preflight
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sweeps" / "demo.yaml"
+RESULTS_ROOT = "HARNESS_RESULTS_ROOT"
 
 
 def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
@@ -18,7 +20,12 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
         parser.add_argument("config", type=Path, help="experiment YAML (e.g. sweeps/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set loss.lam=0.01 (repeatable)")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<name>)")
+    parser.add_argument("--space", action="append", default=[], metavar="KEY=FORM:V1,V2,...",
+                        help="add a searched key to search.space, e.g. --space loss.lam=grid:0,0.001,0.01, "
+                             "--space optim.lr=loguniform:1e-5,1e-3 or --space 'optim.lr={choice: [1e-5, 1e-4]}' "
+                             "(repeatable; replaces the file's entry for that key)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: $HARNESS_RESULTS_ROOT/<name> if set, else runs/<name>)")
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster: HOST:PORT, or auto for the one registered on this machine "
                              "(default: start a private local one, never joining another)")
@@ -145,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "negatives":
             return _negatives(args)
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
-                              args.overrides + _resource_overrides(args))
+                              args.overrides + _resource_overrides(args), space=args.space)
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
-        out = preflight.check_run(cfg, args.out or Path("runs") / cfg.name, args.address,
+        out = preflight.check_run(cfg, args.out or default_out(cfg.name), args.address,
                                   sweep=args.command != "train")
         label = outdir.claim(out, cfg, append=args.append)
     except (config_mod.ConfigError, preflight.PreflightError, FileNotFoundError, UsageError,
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     timer = driver.Timer()
     kind = "train" if args.command == "train" else "sweep"
     name = "-".join(part for part in (cfg.name, label, kind) if part)  # label: an --append-ed definition's
+    print(f"output directory: {out}", flush=True)
     live = tracking.open_live(cfg, out, name)  # None: unreachable, warned about at the end
     try:
         if args.command == "train":
@@ -196,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
 def _abort(live, status: str) -> None:
     if live is not None:
         live.abort(status)
+
+
+def default_out(name: str) -> Path:
+    """Where a run writes without --out: under $HARNESS_RESULTS_ROOT (a cluster's shared results
+    root; cluster.yaml sets /mnt/efs/runs) if set, else runs/ in the current directory."""
+    return Path(os.environ.get(RESULTS_ROOT) or "runs") / name
 
 
 def _without_credentials(cfg, tracking):

@@ -143,7 +143,10 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(1.0, ge=0)
     """Used only with use_gpu."""
     max_concurrent_trials: int | None = Field(None, ge=1)
-    """None: as many as the cluster's CPUs allow."""
+    """None: as many as the cluster holds (an autoscaling cluster: as many as it can ever hold)."""
+    node_wait_s: float = Field(1800.0, ge=0)
+    """On an autoscaling cluster, how long a run waits for the nodes it needs before failing
+    (a fixed cluster that cannot hold a run refuses it at once)."""
 
 
 class ParamSpace(_Section):
@@ -242,6 +245,54 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+SPACE_FORMS = ("grid", "choice", "uniform", "loguniform")
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar, with 1e-4 read as a number (YAML 1.1 would keep it a string)."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_space(text: str) -> tuple[str, Any]:
+    """One ``--space`` entry: ``"optim.lr=loguniform:1e-5,1e-3"`` (FORM:v1,v2,...) or a YAML mapping,
+    ``'optim.lr={loguniform: [1e-5, 1e-3]}'``, -> ``("optim.lr", {"loguniform": [1e-5, 1e-3]})``.
+    The key may hold dots (it is a config key); the result is validated like search.space in a file."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key or not raw:
+        raise ConfigError(f"--space expects dotted.key=FORM:v1,v2,... (FORM: {', '.join(SPACE_FORMS)}) "
+                          f"or dotted.key={{FORM: [...]}}, got {text!r}")
+    if raw.startswith("{"):
+        try:
+            spec = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--space {key}: cannot parse {raw!r} as a YAML mapping: {err}") from None
+        return key, spec
+    form, colon, values = raw.partition(":")
+    if not colon or form.strip() not in SPACE_FORMS:
+        raise ConfigError(f"--space {key}: {raw!r} has no known form (allowed: grid:v1,v2,..., choice:v1,v2,..., "
+                          "uniform:low,high, loguniform:low,high, or a YAML mapping such as {grid: [0, 0.1]})")
+    return key, {form.strip(): [_scalar(v) for v in values.split(",")]}
+
+
+def apply_space(tree: dict, space: dict[str, Any]) -> dict:
+    """``tree`` with these search.space entries added (an entry of the same key is replaced)."""
+    if not space:
+        return tree
+    tree = copy.deepcopy(tree)
+    search = tree.setdefault("search", {})
+    if not isinstance(search, dict) or not isinstance(search.get("space") or {}, dict):
+        raise ConfigError("--space: the config's search / search.space is not a mapping")
+    search["space"] = {**(search.get("space") or {}), **space}
+    return tree
+
+
 def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
     """Return a copy of ``tree`` with dotted keys set; unknown keys are left for validation to name."""
     tree = copy.deepcopy(tree)
@@ -287,11 +338,12 @@ def from_dict(tree: dict, overrides: dict[str, Any] | None = None) -> Config:
         raise ConfigError(_describe(err)) from None
 
 
-def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Read a YAML experiment (None: all defaults) and apply ``--set`` overrides."""
+def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None,
+         space: list[str] | None = None) -> Config:
+    """Read a YAML experiment (None: all defaults), apply ``--set`` overrides and add ``--space`` entries."""
     tree: dict = {}
     if path is not None:
-        path = Path(path)
+        path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -302,7 +354,7 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    return from_dict(tree, overrides)
+    return from_dict(apply_space(tree, dict(parse_space(s) for s in space or [])), overrides)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -75,20 +75,24 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
     return record
 
 
-def _start_ray(cfg: Config, address: str | None, timer: Timer) -> None:
-    # Before data or weights are prepared: a run that can never fit fails in seconds.
+def _start_ray(cfg: Config, address: str | None, timer: Timer):
+    # Before data or weights are prepared: a run that can never fit fails in seconds; one that
+    # waits for an autoscaler's nodes has them asked for now, and they start meanwhile.
     with timer.stage("start Ray"):
         ray_layer.init(address)
-        ray_layer.check_fits(cfg)
+        return ray_layer.check_fits(cfg, log=timer.log)
 
 
 def train(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
           name: str | None = None) -> list[tracking.Record]:
     """One Ray Train run. ``live``: its MLflow run is created when training starts and closed
     when it ends (its epochs are logged then: a Train run reports to no callback here)."""
-    _start_ray(cfg, address, timer)
+    admission = _start_ray(cfg, address, timer)
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
+    if admission.must_wait:
+        with timer.stage("wait for the autoscaler's nodes"):
+            ray_layer.wait_for_nodes(cfg, log=timer.log)
     with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
         if live:
             live.start(ray_layer.run_id(cfg), cfg)
@@ -111,7 +115,7 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
     name = name or f"{cfg.name}-sweep"
     if not cfg.search.space:
         raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
-    _start_ray(cfg, address, timer)
+    _start_ray(cfg, address, timer)  # ray_layer.sweep asks for (and waits for) the trials' nodes
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):

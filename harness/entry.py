@@ -7,14 +7,23 @@ train/sweep/demo join the cluster that is already running (``--address auto``, u
 checks a data root against a benchmark suite's expected sample counts before hours of
 GPU time are spent. Run as a file (``ray submit`` copies just this file to the head),
 it imports the harness installed there by cluster.yaml's setup_commands.
+
+Under ``ray job submit --working-dir``, the job runs in a temporary copy of that directory
+which is deleted with the job: a relative ``--out`` (or the default ``runs/<name>``) would
+lose the results, so the entry refuses it unless ``$HARNESS_RESULTS_ROOT`` (the cluster's
+shared results root, /mnt/efs/runs in cluster.yaml) gives the default a lasting home.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 JOINS_CLUSTER = ("train", "sweep", "demo")
+RESULTS_ROOT = "HARNESS_RESULTS_ROOT"  # harness.cli's default --out root (not imported: this runs as a file)
 
 
 def _check_suite(argv: list[str]) -> int:
@@ -40,10 +49,53 @@ def _check_suite(argv: list[str]) -> int:
     return 0
 
 
+def job_working_dir() -> str | None:
+    """The temporary working directory of the Ray job this process is the driver of (the job
+    supervisor passes the job's runtime_env in RAY_JOB_CONFIG_JSON_ENV_VAR), else None."""
+    try:
+        runtime_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return os.getcwd() if runtime_env.get("working_dir") else None
+
+
+def _out_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_job_out(argv: list[str]) -> str | None:
+    """Why this command's output would vanish with the Ray job's working directory, or None."""
+    workdir = job_working_dir()
+    if workdir is None:
+        return None
+    out, root = _out_arg(argv), os.environ.get(RESULTS_ROOT)
+    if out is not None and not Path(out).expanduser().is_absolute():
+        return (f"--out {out}: relative, and this Ray job runs in a temporary copy of its --working-dir ({workdir}) "
+                "that is deleted with the job; give an absolute path on shared storage, e.g. --out /mnt/efs/runs/NAME")
+    if out is None and not (root and Path(root).expanduser().is_absolute()):
+        return (f"no --out, and this Ray job runs in a temporary copy of its --working-dir ({workdir}) that is deleted "
+                f"with the job: give --out /mnt/efs/runs/NAME (shared storage), or set {RESULTS_ROOT} to an absolute "
+                "shared directory on the cluster (cluster.yaml sets /mnt/efs/runs)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check-suite":
         return _check_suite(argv[1:])
+    if argv and argv[0] in JOINS_CLUSTER:
+        problem = check_job_out(argv)
+        if problem:
+            print(f"harness.entry {argv[0]}: {problem}", file=sys.stderr)
+            return 2
+        if job_working_dir() is not None:
+            print(f"harness.entry {argv[0]}: Ray job; its results go to the output directory below, not to the "
+                  f"job's working directory", flush=True)
     if argv and argv[0] in JOINS_CLUSTER and not any(a == "--address" or a.startswith("--address=") for a in argv):
         argv += ["--address", "auto"]
     from harness import cli

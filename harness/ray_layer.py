@@ -7,6 +7,7 @@ space onto Tune.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -15,6 +16,7 @@ import math
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,8 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness import checkpoint, preflight, ray_noise
+from harness.admission import (Admission, ClusterShape, NodeType, ResourceError, admit, progress,
+                               workers_now)
 from harness import config as config_mod
 from harness.config import Config
 from harness.engine import RunContext
@@ -180,6 +184,7 @@ def fit(job: Job, under_tune: bool = False) -> dict:
     """One data-parallel Ray Train run; returns the run's result.json summary (its ``status``:
     finished or diverged). Raises RunFailed when the run stopped on bad data."""
     res = job.cfg.resources
+    _patient_worker_group(job.cfg)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
@@ -205,6 +210,14 @@ def fit(job: Job, under_tune: bool = False) -> dict:
     if error is not None:
         raise RunFailed(error)
     return json.loads((job.run_dir / RESULT).read_text())
+
+
+def _patient_worker_group(cfg: Config) -> None:
+    """On an autoscaling cluster a Train worker group waits up to resources.node_wait_s for its
+    nodes (Train's own limit, 60 s, is shorter than a cloud node's start). Train V2 passes this
+    variable from the process that calls fit() to its controller."""
+    if cluster_shape().autoscaler:
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(max(60.0, cfg.resources.node_wait_s))
 
 
 def _loop_worker(loop: Callable[[dict, RunContext], None], loop_config: dict) -> None:
@@ -286,10 +299,6 @@ def trials_in_process(cfg: Config) -> bool:
     return cfg.search.scheduler == "asha" and cfg.resources.num_workers == 1
 
 
-class ResourceError(RuntimeError):
-    """A run that asks for more than the cluster has: failing beats waiting forever."""
-
-
 class SweepInterrupted(RuntimeError):
     """Tune stopped early on SIGINT (Ctrl-C) and saved its state; ``outcomes`` are the
     trials that had ended. Re-running the same command resumes the sweep."""
@@ -305,19 +314,117 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
 
 
-def check_fits(cfg: Config) -> int:
-    """How many runs of ``cfg`` fit on the cluster at once; raises when not even one can,
-    since Ray would otherwise wait forever for resources that never come."""
-    total = ray.cluster_resources()
-    fits = None
-    for name, per_worker in worker_resources(cfg).items():
-        need = per_worker * cfg.resources.num_workers
-        have = total.get(name, 0.0)
-        if need > have:
-            raise ResourceError(f"a run needs {need:g} {name} (resources.num_workers={cfg.resources.num_workers} x "
-                               f"{per_worker:g} per worker) but the cluster has {have:g}: it would wait forever")
-        fits = min(fits or 10**9, int(have // need))
-    return max(1, fits or 1)
+def _autoscaler_status() -> dict | None:
+    """The status the autoscaler (monitor) publishes in the GCS every few seconds, if any."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return json.loads(raw) if raw else None
+
+
+def _autoscaler_config(status: dict) -> dict | None:
+    """The autoscaling config this cluster's monitor runs with: its --autoscaling-config, read on
+    the head (where `ray submit` and Ray Jobs drivers run); None when not readable from here."""
+    gcs = ray.get_runtime_context().gcs_address
+    try:
+        argv = Path(f"/proc/{int(status['monitor_pid'])}/cmdline").read_bytes().decode().split("\0")
+    except (KeyError, ValueError, OSError):
+        argv = []
+    if f"--gcs-address={gcs}" in argv:  # the same cluster's monitor, not a reused pid
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--autoscaling-config=")), None)
+    else:
+        path = "~/ray_bootstrap_config.yaml"  # where `ray up` puts it on the head
+    try:
+        import yaml
+
+        return yaml.safe_load(Path(path).expanduser().read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def cluster_shape() -> ClusterShape:
+    """The live nodes' resources, and the node types the autoscaler may still start."""
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    nodes = tuple({k: float(v) for k, v in n["Resources"].items()} for n in alive)
+    status = _autoscaler_status() or {}
+    report = status.get("autoscaler_report")
+    if report is None:  # no v1 monitor report; autoscaler v2 may grow the cluster, limits unknown
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return ClusterShape(nodes, autoscaler=is_autoscaler_v2(fetch_from_server=True))
+    if set(report.get("active_nodes") or {}) <= {format_readonly_node_type(n["NodeID"]) for n in alive}:
+        return ClusterShape(nodes)  # Ray's read-only provider: started without --autoscaling-config, fixed
+    running = dict(report.get("active_nodes") or {})
+    for _, kind, _ in report.get("pending_nodes") or []:
+        running[kind] = running.get(kind, 0) + 1
+    for kind, count in (report.get("pending_launches") or {}).items():
+        running[kind] = running.get(kind, 0) + count
+    pending = tuple([f"{n} x {k} launching" for k, n in (report.get("pending_launches") or {}).items()]
+                    + [f"{k} {status_} ({ip})" for ip, k, status_ in report.get("pending_nodes") or []]
+                    + [f"{k} failed ({ip})" for ip, k in report.get("failed_nodes") or []])
+    config = _autoscaler_config(status) or {}
+    head = config.get("head_node_type")
+    kinds = tuple(NodeType(name, {k: float(v) for k, v in spec["resources"].items()}, int(spec.get("max_workers", 0)),
+                           running.get(name, 0))
+                  for name, spec in (config.get("available_node_types") or {}).items()
+                  if name != head and "resources" in spec)  # no resources given: the cloud fills them in, unknown here
+    workers = sum(n for kind, n in running.items() if kind != head)
+    return ClusterShape(nodes, autoscaler=True, node_types=kinds, max_workers=config.get("max_workers"),
+                        workers_running=workers, pending=pending)
+
+
+def check_fits(cfg: Config, log=print) -> Admission:
+    """Admit a run of ``cfg`` or raise ResourceError: at once on a fixed cluster that does not hold
+    it, and on an autoscaling one only when even its largest size is too small. An admitted run
+    that must wait for nodes says what for, and asks the autoscaler for them now."""
+    admission = admit(cluster_shape(), worker_resources(cfg), cfg.resources.num_workers)
+    if admission.must_wait:
+        log(f"admitted, waiting for nodes: {admission.waiting_for}")
+        request_nodes(cfg, runs=1)  # the nodes start while data and weights are prepared
+    return admission
+
+
+def request_nodes(cfg: Config, runs: int) -> None:
+    """Ask the autoscaler to hold ``runs`` runs of ``cfg`` (0: withdraw the request, so idle
+    nodes can go). Overrides the previous request (one per cluster); the first request also
+    withdraws it when this process exits, however the command ends."""
+    from ray.autoscaler.sdk import request_resources
+
+    global _withdraw_at_exit
+    if runs and not _withdraw_at_exit:
+        # Registered after ray.init's own exit hook, so it runs first, while still connected.
+        atexit.register(lambda: ray.is_initialized() and request_resources(bundles=[]))
+        _withdraw_at_exit = True
+    request_resources(bundles=[worker_resources(cfg)] * (cfg.resources.num_workers * runs))
+
+
+_withdraw_at_exit = False
+
+
+def wait_for_nodes(cfg: Config, log=print, poll_s: float = 2.0, every_s: float = 15.0) -> None:
+    """Block until the cluster holds one run of ``cfg``, printing progress while the autoscaler
+    adds nodes; raise ResourceError after ``resources.node_wait_s``."""
+    bundle, workers, started, said = worker_resources(cfg), cfg.resources.num_workers, time.monotonic(), ""
+    last = -math.inf
+    while True:
+        shape = cluster_shape()
+        if workers_now(shape, bundle) >= workers:
+            if said:
+                log(f"nodes ready after {time.monotonic() - started:.0f} s: {len(shape.nodes)} node(s)")
+            return
+        waited = time.monotonic() - started
+        if waited > cfg.resources.node_wait_s:
+            raise ResourceError(f"waited {waited:.0f} s (resources.node_wait_s) for the autoscaler to add nodes for "
+                                f"{workers} worker(s) x {bundle}; the cluster now places {workers_now(shape, bundle)}. "
+                                "Raise resources.node_wait_s, or see the autoscaler's log (`ray monitor cluster.yaml`)")
+        line = progress(shape, bundle, workers, waited)
+        if line.split(": ", 1)[1] != said.split(": ", 1)[-1] or time.monotonic() - last > every_s:
+            log(line)
+            said, last = line, time.monotonic()
+        time.sleep(poll_s)
 
 
 def _search_alg(cfg: Config):
@@ -339,11 +446,14 @@ def _scheduler(cfg: Config):
                          grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor)
 
 
-def sweep_concurrency(cfg: Config) -> int:
-    """Trials at once. With ASHA one run's worth of resources stays free: a Train run that
+def sweep_concurrency(cfg: Config, admission: Admission | None = None) -> int:
+    """Trials at once: as many runs as the cluster holds, on an autoscaling cluster as many as it
+    can ever hold (the others queue for the nodes it adds; unknown limits: today's), never more
+    than the sweep has. With ASHA one run's worth of resources stays free: a Train run that
     ASHA stops can hold its workers a while, and with no spare room the next trial's worker
     group times out (ray issue 54305, seen on 2-CPU machines)."""
-    fits = check_fits(cfg)
+    admission = admission or admit(cluster_shape(), worker_resources(cfg), cfg.resources.num_workers)
+    fits = min(admission.runs_ever or max(1, admission.runs_now), expected_trials(cfg))
     if cfg.search.scheduler == "asha" and not trials_in_process(cfg):
         if fits < 2:
             raise ResourceError("search.scheduler=asha needs room for two runs at once (one kept spare); "
@@ -440,7 +550,23 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
         # refuses an all-zero request, so it asks for a little memory, which every node has.
         trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024 * 1024})
     path = out / "ray" / sweep_name(cfg)
-    callbacks = [_LiveTracking(tracker, cfg, inputs, out)] if tracker is not None else None
+    callbacks = [_LiveTracking(tracker, cfg, inputs, out)] if tracker is not None else []
+    admission = admit(cluster_shape(), worker_resources(cfg), cfg.resources.num_workers)
+    concurrency = sweep_concurrency(cfg, admission)
+    if admission.autoscaling:  # nodes for every trial that may run at once; the rest queue
+        request_nodes(cfg, runs=concurrency)
+    try:
+        if admission.autoscaling:
+            wait_for_nodes(cfg, log=log)
+        return _run_tuner(cfg, inputs, out, path, trainable, concurrency, in_process, callbacks, log)
+    finally:
+        if admission.autoscaling:
+            request_nodes(cfg, runs=0)
+
+
+def _run_tuner(cfg: Config, inputs: Inputs, out: Path, path: Path, trainable, concurrency: int, in_process: bool,
+               callbacks: list, log) -> list[tuple[Config, dict | None, str, str | None]]:
+    base = cfg.model_dump(mode="json")
     if tune.Tuner.can_restore(str(path)):
         log(f"resuming sweep {path.name}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
@@ -452,7 +578,7 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
             param_space={key: _tune_domain(spec) for key, spec in cfg.search.space.items()},
             tune_config=tune.TuneConfig(
                 metric=cfg.search.metric, mode=cfg.search.mode, num_samples=cfg.search.num_samples,
-                max_concurrent_trials=sweep_concurrency(cfg), search_alg=_search_alg(cfg),
+                max_concurrent_trials=concurrency, search_alg=_search_alg(cfg),
                 scheduler=_scheduler(cfg),
                 # An in-process trial in a fresh actor pays ~6 s of imports (torch, open_clip) first.
                 reuse_actors=in_process),

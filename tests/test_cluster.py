@@ -55,3 +55,31 @@ def test_cluster_has_what_the_protocol_needs(cluster):
         assert any(n["resources"]["GPU"] * n["max_workers"] >= per_run_gpus for n in gpus), name
         assert all(sweep["resources"]["cpus_per_worker"] * n["resources"]["GPU"] <= n["resources"]["CPU"]
                    for n in gpus), name
+
+
+def test_every_node_runs_the_pinned_ami_and_setup_is_safe_to_repeat(cluster):
+    """No node falls back to Ray's default AMI (Ubuntu 18.04, glibc 2.27: no manylinux_2_28 torch);
+    `ray up` twice does not fail on an existing venv; git-ignored outputs stay local."""
+    images = {n["node_config"].get("ImageId") for n in cluster["available_node_types"].values()}
+    assert len(images) == 1 and images.pop().startswith("ami-")
+    header = (REPO / "cluster.yaml").read_text().split("cluster_name:")[0]
+    assert "Ubuntu 22.04" in header and "glibc" in header and "describe-images" in header
+    setup = cluster["setup_commands"]
+    assert any("GNU_LIBC_VERSION" in c for c in setup) and any("nfs-common" in c for c in setup)
+    (venv,) = [c for c in setup if "uv venv" in c]
+    assert venv.startswith("test -x ~/venv/bin/python ||")
+    assert cluster["rsync_filter"] == [".gitignore"]
+    assert not any("pgrep" in c for c in cluster["head_start_ray_commands"])  # it matched its own bash -c
+
+
+def test_documented_commands_quote_every_tilde_after_the_double_dash():
+    """`~` after `--` must reach the head unexpanded (README and cluster.yaml's header)."""
+    import re
+
+    for path in (REPO / "README.md", REPO / "cluster.yaml"):
+        text = path.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            command = line.lstrip("# ")
+            if command.startswith(("ray submit", "ray job submit")) and " -- " in command:
+                after = command.split(" -- ", 1)[1]
+                assert not re.search(r"(^|\s)~", after), (path.name, line)
