@@ -16,7 +16,8 @@ from harness import cli
 from harness.bench import common, gpu_step, run, table
 
 SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
-            "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step"}
+            "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step",
+            "recording": "7. results recording"}
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_a_writer_killed_mid_write_leaves_every_previous_table(tmp_path):
     before = tables(res)
     big = scores_file(tmp_path / "r2", 500_000)  # 2M sample_scores rows: about a second to write
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(res), json.dumps(SUMMARY), str(big)])
-    temp = res / f".sample_scores.parquet.tmp{writer.pid}"
+    temp = res / results.SAMPLES / f".r2.parquet.tmp{writer.pid}"
     deadline = time.time() + 120
     while writer.poll() is None and time.time() < deadline:
         if temp.is_file() and temp.stat().st_size > 0:
@@ -76,7 +76,7 @@ def test_a_writer_killed_mid_write_leaves_every_previous_table(tmp_path):
     # The lock died with the writer; the next writer goes through and sweeps up the temp.
     results.record_run(res, "r3", "s", config.load(None), SUMMARY, run_dir=scores_file(tmp_path / "r3", 50))
     assert sorted(results.read(res, results.RUNS)["run_id"]) == ["r1", "r3"]
-    assert not list(res.glob(".*.tmp*"))
+    assert not list(res.glob("**/.*.tmp*"))
 
 
 def test_recording_the_same_run_again_changes_no_row(tmp_path):
@@ -111,7 +111,7 @@ def test_processes_writing_at_once_lose_no_row_of_any_table(tmp_path):
     samples = got[results.SAMPLES]
     assert len(samples) == sum(2 * 2 * (30 + w) for w in range(workers)) * runs
     assert not samples.duplicated(["run_id", "dataset", "score", "key"]).any()
-    assert not list((tmp_path / "res").glob(".*.tmp*"))
+    assert not list((tmp_path / "res").glob("**/.*.tmp*"))
 
 
 # --- MLflow unreachable, then synced --------------------------------------------------------------
