@@ -17,7 +17,7 @@ from harness.bench import common, gpu_step, run, table
 
 SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
             "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step",
-            "recording": "7. results recording"}
+            "recording": "7. results recording", "decode": "8. decode budget per GPU"}
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ BENCHMARKS = {  # name -> module with run(ctx) -> Section, in the issue's order
     "memory": "harness.bench.memory",
     "gpu": "harness.bench.gpu_step",
     "recording": "harness.bench.recording",
+    "decode": "harness.bench.decode",
 }
 
 
