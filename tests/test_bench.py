@@ -50,9 +50,11 @@ def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
     df = _bench(tmp_path, names)
     assert len(df[df.bench == "pipeline"]) == 6 and len(df[df.bench == "eval"]) == 3
     assert (df[df.bench != "gpu"]["value"] > 0).all()
-    gpu = df[df.bench == "gpu"].iloc[0]
+    decode = df[df.bench == "decode"]
+    assert {"img/s", "cores"} <= set(decode["unit"]) and len(decode[decode.unit == "cores"]) == 2
     if not torch.cuda.is_available():
-        assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
+        for gpu in df[df.bench == "gpu"].itertuples():
+            assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
     metrics_row = df[df.bench == "metrics"].iloc[0]
     assert metrics_row.note.startswith("values equal")
 
@@ -126,6 +128,11 @@ def test_gpu_step_runs_on_cpu():
     # The GPU script's step, on the CPU model for a step: proves the code path without a GPU.
     result = gpu_step.measure(common.ARCH, batch=4, steps=1, warmup=1, device="cpu", precision="fp32")
     assert result["steps"] == 1 and result["images_per_s"] > 0 and math.isnan(result["mfu"])
+
+
+def test_gpu_decode_timing_runs_on_cpu(tmp_path):
+    result = gpu_step.measure_decode(batch=4, images=8, device="cpu", max_seconds=0.1, root=str(tmp_path))
+    assert result["decode_images_per_s"] > 0 and result["decode_max_abs_vs_cpu"] == 0
 
 
 def test_peak_flops_by_device_name():
