@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness import cli
-from harness.bench import common, gpu_step, run, table
+from harness.bench import common, decode, evaluation, gpu_step, memory, metrics, pipeline, recording, run, table, training
 
 SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
             "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step",
@@ -140,3 +140,26 @@ def test_peak_flops_by_device_name():
     assert gpu_step.peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu_step.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert math.isnan(gpu_step.peak_flops("some other card"))
+
+
+def test_every_registered_benchmark_is_a_module_with_run():
+    modules = {"pipeline": pipeline, "ray": training, "eval": evaluation, "metrics": metrics, "memory": memory,
+               "gpu": gpu_step, "recording": recording, "decode": decode}
+    assert set(modules) == set(run.BENCHMARKS) == set(SECTIONS)
+    for name, module in modules.items():
+        assert run.BENCHMARKS[name] == module.__name__ and callable(module.run)
+
+
+def test_recording_writes_each_run_once_per_table_and_legacy_rewrites(tmp_path):
+    samples = recording.sample_frame({"a": 3, "b": 2})
+    assert len(samples) == 5 * len(recording.SCORES)
+    times = recording.record_times(recording.results.upsert, tmp_path / "new", samples, 3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert len(recording.results.read(tmp_path / "new", recording.results.SAMPLES)) == 3 * len(samples)
+    recording.record_times(recording.legacy_upsert, tmp_path / "old", samples, 3)
+    assert len(pd.read_parquet(tmp_path / "old" / "sample_scores.parquet")) == 3 * len(samples)
+
+
+def test_the_vit_b_16_step_rate_at_the_stated_mfu():
+    # 0.4 x 312 TFLOP/s over 3 x 41.09 GFLOP per pair: about 1,012 images/s on an A100.
+    assert decode.step_rate(312.0) == pytest.approx(0.4 * 312e12 / (3 * 41.09e9), rel=1e-3)
