@@ -45,6 +45,7 @@ def _bench(tmp_path, names: list[str]) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
     names = [n for n in run.BENCHMARKS if n != "ray"]
     df = _bench(tmp_path, names)

@@ -66,6 +66,7 @@ def test_ranks_agree_to_stop_when_only_another_rank_overflows(root):
     assert all(torch.equal(a, b) for a, b in zip(before, bundle.model.parameters()))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_ends_with_its_status_and_reports_it(root, tmp_path):
     cfg = config.load(None, [f"data.root={root}", "data.source=shards", "model.pretrained=null", "schedule.epochs=2",
                              "data.batch_size=64", "schedule.warmup_steps=2", "eval.neg_ratio=0.3",

@@ -53,6 +53,7 @@ results.record_run(Path(sys.argv[1]), "r2", "s", config.load(None), json.loads(s
 """
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_write_leaves_every_previous_table(tmp_path):
     res = tmp_path / "results"
     results.record_run(res, "r1", "s", config.load(None), SUMMARY, run_dir=scores_file(tmp_path / "r1", 50))
@@ -101,6 +102,7 @@ def _writer(args):
         results.record_run(directory, f"w{worker}-{i}", "s", cfg, SUMMARY, run_dir=run_dir)
 
 
+@pytest.mark.slow
 def test_processes_writing_at_once_lose_no_row_of_any_table(tmp_path):
     workers, runs = 4, 5
     with mp.get_context("spawn").Pool(workers) as pool:
@@ -123,6 +125,7 @@ def _logged(uri: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=["harness"])  # active runs only: deleted ones are replaced ones
 
 
+@pytest.mark.slow
 def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     """A SQLite store that cannot be created stands in for any store MLflow cannot use; the
     sweep is replayed from Parquet and the run directories into a good one, idempotently."""

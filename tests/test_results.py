@@ -43,6 +43,7 @@ def _writer(args):
         results.record_run(directory, f"w{worker}-{i}", "s", cfg, summary(i / 10))
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_no_rows(tmp_path):
     with mp.get_context("spawn").Pool(3) as pool:
         pool.map(_writer, [(tmp_path, w) for w in range(3)])
