@@ -69,28 +69,34 @@ def record_times(write, directory: Path, samples: pd.DataFrame, runs: int) -> li
     return [seconds(lambda i=i: write(directory, run_tables(f"run-{i:04d}", samples))) for i in range(runs)]
 
 
-def _ends(times: list[float], k: int = 3) -> tuple[float, float]:
-    """Median of the first ``k`` and of the last ``k`` records (one record is noisy here)."""
-    k = max(1, min(k, len(times) // 2))
-    return statistics.median(times[:k]), statistics.median(times[-k:])
+def interleaved_ends(write, full: Path, empty: Path, samples: pd.DataFrame, reps: int) -> tuple[float, float]:
+    """Median seconds of recording one more run into ``full`` and the first run into a fresh
+    ``empty`` directory, alternated ``reps`` times so that both see the same machine load."""
+    first, last = [], []
+    for k in range(reps):
+        shutil.rmtree(empty, ignore_errors=True)
+        first.append(seconds(lambda: write(empty, run_tables("run-first", samples))))
+        last.append(seconds(lambda k=k: write(full, run_tables(f"run-extra-{k}", samples))))
+    return statistics.median(first), statistics.median(last)
 
 
 def run(ctx: BenchContext) -> Section:
     sizes = MOS_DATASETS if not ctx.smoke else {name: max(1, n // 500) for name, n in MOS_DATASETS.items()}
-    runs, legacy_runs = ctx.pick(100, 6), ctx.pick(12, 6)
+    runs, legacy_runs, reps = ctx.pick(100, 6), ctx.pick(10, 6), ctx.pick(3, 1)
     samples = sample_frame(sizes)
-    new_dir, old_dir = ctx.scratch / "recording" / "per-run", ctx.scratch / "recording" / "single-file"
+    scratch = ctx.scratch / "recording"
+    new_dir, old_dir = scratch / "per-run", scratch / "single-file"
     try:
-        ours = record_times(results.upsert, new_dir, samples, runs)
+        record_times(results.upsert, new_dir, samples, runs - 1)
+        first, last = interleaved_ends(results.upsert, new_dir, scratch / "empty", samples, reps)
         start = time.perf_counter()
-        total_rows = len(results.read(new_dir, results.SAMPLES))
+        total_rows = len(results.read(new_dir, results.RUNS))
         read_s = time.perf_counter() - start
         size_mib = sum(p.stat().st_size for p in new_dir.rglob("*.parquet")) / 2**20
-        legacy = record_times(legacy_upsert, old_dir, samples, legacy_runs)
+        record_times(legacy_upsert, old_dir, samples, legacy_runs - 1)
+        old_first, old_last = interleaved_ends(legacy_upsert, old_dir, scratch / "empty-old", samples, 1)
     finally:
-        shutil.rmtree(ctx.scratch / "recording", ignore_errors=True)
-    first, last = _ends(ours)
-    old_first, old_last = _ends(legacy)
+        shutil.rmtree(scratch, ignore_errors=True)
     per_run = f"{len(samples):,} sample_scores rows per run"
     rows = [
         Row("recording", f"record run {runs} (per-run files), {per_run}", last, "s",
@@ -99,11 +105,12 @@ def run(ctx: BenchContext) -> Section:
             "record run 1", old_first, old_last / old_first, ""),
     ]
     notes = [
-        f"Each figure is the median of 3 records at that end of a sequence of {runs} (per-run files) or "
-        f"{legacy_runs} (single file) into an empty results directory; ratio is run N over run 1 (flat is 1).",
-        f"Per-run files write only the run's own rows ({size_mib / runs:.1f} MiB of Parquet per run here), so a "
-        f"sweep's total cost is linear in its trials; reading all {runs} runs back ({total_rows:,} sample rows, "
-        f"{size_mib:.0f} MiB) through harness.results.read took {read_s:.1f} s.",
+        f"Run N is recorded into a directory already holding N - 1 runs, run 1 into an empty one, alternated "
+        f"({reps} pairs for per-run files, median; 1 for the single file) so both see the same load; ratio is "
+        "run N over run 1 (flat is 1).",
+        f"Per-run files write only the run's own rows ({size_mib / (runs + reps - 1):.1f} MiB of Parquet per run "
+        f"here), so a sweep's total cost is linear in its trials; reading the runs table of {total_rows} runs "
+        f"back through harness.results.read took {read_s:.2f} s.",
         "The single file grows by one run's rows per record and is read and rewritten whole each time: the "
         "cost of record N grows with N and a sweep's total is quadratic (the issue measured 0.12 s for run 1 "
         "and 1.67 s for run 12 at this size).",
