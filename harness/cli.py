@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     md, uri, synced = driver.finish(cfg, out, name, records, timer, notes=_notes(timer), live=live)
     print("\nwhere the time went:\n" + timer.table())
     (out / "timings.md").write_text(timer.table() + "\n")
-    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet")
+    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/<table>/<run_id>.parquet")
     if synced:
         print(f"mlflow store:  {uri}\nmlflow UI:     mlflow ui --backend-store-uri {uri} "
               f"--port 5000   (then open http://127.0.0.1:5000)")

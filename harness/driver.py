@@ -174,7 +174,7 @@ def _stored_record(out: Path, runs, run_id: str) -> tracking.Record:
     """A run as MLflow logs it, rebuilt from its Parquet row and its run directory's summary."""
     rows = runs[runs["run_id"] == run_id] if not runs.empty else runs
     if rows.empty:
-        raise ValueError(f"run {run_id} waits for MLflow but has no row in {results_dir(out) / 'runs.parquet'}")
+        raise ValueError(f"run {run_id} waits for MLflow but has no row in {results_dir(out) / 'runs'}")
     row = rows.iloc[-1]
     summary_file = out / "runs" / run_id / "result.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() and row["status"] != "failed" else None

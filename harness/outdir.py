@@ -6,7 +6,7 @@ loss.lam=0.1`` of a sweep over ``loss.lam`` is a point of that sweep). The first
 or demo into ``--out`` writes it to ``experiment.json``; a later one with another definition
 (a copied sweep file that kept ``name`` but changed lr, another space) is refused with what
 differs, unless ``--append`` asks to keep both: then its runs are labelled (``d2``, ``d3``, ...)
-in their sweep name, which runs.parquet, the report and MLflow show.
+in their sweep name, which the runs table, the report and MLflow show.
 """
 
 from __future__ import annotations

@@ -1,36 +1,34 @@
 """The results layer: Parquet tables of runs and metrics, written atomically and idempotently.
 
-Tables (one file each in a results directory, every row carrying ``schema_version``):
+Tables (a directory each in a results directory, one Parquet file per run in it, see
+harness.results_store; every row carrying ``schema_version``):
 
-- ``runs.parquet``: one row per run: config, status, timings, validation metrics, ID accuracy.
-- ``ood_metrics.parquet``: one row per run x score x OoD test set, every metric of harness.metrics.
-- ``epochs.parquet``: one row per run x epoch (training curves).
+- ``runs``: one row per run: config, status, timings, validation metrics, ID accuracy.
+- ``ood_metrics``: one row per run x score x OoD test set, every metric of harness.metrics.
+- ``epochs``: one row per run x epoch (training curves).
 - ``runs``, ``ood_metrics`` and ``epochs`` also carry ``method`` and one column per searched key
   (``loss.lam``, ``optim.lr``: :func:`searched_columns`).
-- ``sample_scores.parquet``: one row per run x dataset x score x sample (for histograms and bootstraps),
+- ``sample_scores``: one row per run x dataset x score x sample (for histograms and bootstraps),
   with the sample's ``key`` so that two runs can be paired sample by sample.
 
 Every table is keyed by ``run_id``: recording a run replaces all of its earlier rows,
-so re-running never duplicates. Writes hold a lock file and go through temp + fsync +
-rename, so concurrent writers do not drop rows and a crash leaves the previous table
-intact; the next writer removes what a killed one left behind.
+so re-running never duplicates, and writes only that run's files. Writes hold a lock
+file and go through temp + fsync + rename, so concurrent writers do not drop rows and a
+crash leaves the previous files intact; the next writer removes what a killed one left
+behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import torch
 
 from harness import config as config_mod
-from harness import gap, paper
+from harness import gap, paper, results_store
 from harness.config import Config
 from harness.data import badsamples
 
@@ -40,78 +38,27 @@ from harness.data import badsamples
 SCHEMA_VERSION = 4
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
-
-
-@contextlib.contextmanager
-def locked(results_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a results directory (released by the kernel if the holder dies)."""
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _remove_stale_temps(results_dir: Path) -> None:
-    """Temp files of writers killed mid-write. Call under the lock: only a lock holder
-    writes temps, so while we hold it every temp there is orphaned."""
-    for tmp in results_dir.glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
+locked = results_store.locked  # tracking holds it while writing beside the tables
 
 
 def table_path(results_dir: Path, table: str) -> Path:
-    return Path(results_dir) / f"{table}.parquet"
+    """The directory of ``table``'s files, one per run (harness.results_store)."""
+    return results_store.table_dir(results_dir, table)
 
 
 def read(results_dir: Path, table: str) -> pd.DataFrame:
     """A table, or an empty frame when nothing was recorded yet."""
-    path = table_path(results_dir, table)
-    if not path.is_file():
-        return pd.DataFrame()
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as err:  # pyarrow's errors subclass these
-        raise ValueError(f"results table {path} cannot be read ({err})") from None
-
-
-def _write_temp(frame: pd.DataFrame, path: Path) -> Path:
-    """``frame`` in a temp file beside ``path``, on disk (fsync) before anyone renames it."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return tmp
-
-
-def _merged(results_dir: Path, table: str, new: pd.DataFrame) -> pd.DataFrame:
-    """The table with every earlier row of the new frame's run_ids replaced by the new rows."""
-    new = new.assign(schema_version=SCHEMA_VERSION)
-    old = read(results_dir, table)
-    if not old.empty:
-        old = old[~old["run_id"].isin(set(new["run_id"]))]
-        new = pd.concat([old, new], ignore_index=True) if not old.empty else new
-    return new.reset_index(drop=True)
+    return results_store.read(results_dir, table)
 
 
 def upsert(results_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
     """Replace the rows of every run_id present in the new frames, under one lock.
 
-    Every table's temp file is written before any table is replaced, and runs.parquet is
-    replaced last: a crash at any point leaves the previous tables, and a run's row never
+    Only those runs' files are written: every temp before any rename and the runs table's
+    last, so a crash at any point leaves the previous files, and a run's row never
     appears before its other rows are in place."""
-    results_dir = Path(results_dir)
-    with locked(results_dir):
-        _remove_stale_temps(results_dir)
-        temps = {table: _write_temp(_merged(results_dir, table, new), table_path(results_dir, table))
-                 for table, new in tables.items() if not new.empty}
-        for table in sorted(temps, key=lambda t: t == RUNS):
-            os.replace(temps[table], table_path(results_dir, table))
+    stamped = {table: new.assign(schema_version=SCHEMA_VERSION) for table, new in tables.items() if not new.empty}
+    results_store.replace_runs(results_dir, stamped, last=RUNS)
 
 
 def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: str, error: str | None) -> dict:

@@ -13,10 +13,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness import cli
-from harness.bench import common, gpu_step, run, table
+from harness.bench import common, decode, evaluation, gpu_step, memory, metrics, pipeline, recording, run, table, training
 
 SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
-            "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step"}
+            "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step",
+            "recording": "7. results recording", "decode": "8. decode budget per GPU"}
 
 
 @pytest.fixture
@@ -44,14 +45,17 @@ def _bench(tmp_path, names: list[str]) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
     names = [n for n in run.BENCHMARKS if n != "ray"]
     df = _bench(tmp_path, names)
     assert len(df[df.bench == "pipeline"]) == 6 and len(df[df.bench == "eval"]) == 3
     assert (df[df.bench != "gpu"]["value"] > 0).all()
-    gpu = df[df.bench == "gpu"].iloc[0]
+    decode = df[df.bench == "decode"]
+    assert {"img/s", "cores"} <= set(decode["unit"]) and len(decode[decode.unit == "cores"]) == 2
     if not torch.cuda.is_available():
-        assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
+        for gpu in df[df.bench == "gpu"].itertuples():
+            assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
     metrics_row = df[df.bench == "metrics"].iloc[0]
     assert metrics_row.note.startswith("values equal")
 
@@ -127,8 +131,36 @@ def test_gpu_step_runs_on_cpu():
     assert result["steps"] == 1 and result["images_per_s"] > 0 and math.isnan(result["mfu"])
 
 
+def test_gpu_decode_timing_runs_on_cpu(tmp_path):
+    result = gpu_step.measure_decode(batch=4, images=8, device="cpu", max_seconds=0.1, root=str(tmp_path))
+    assert result["decode_images_per_s"] > 0 and result["decode_max_abs_vs_cpu"] == 0
+
+
 def test_peak_flops_by_device_name():
     assert gpu_step.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_step.peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu_step.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert math.isnan(gpu_step.peak_flops("some other card"))
+
+
+def test_every_registered_benchmark_is_a_module_with_run():
+    modules = {"pipeline": pipeline, "ray": training, "eval": evaluation, "metrics": metrics, "memory": memory,
+               "gpu": gpu_step, "recording": recording, "decode": decode}
+    assert set(modules) == set(run.BENCHMARKS) == set(SECTIONS)
+    for name, module in modules.items():
+        assert run.BENCHMARKS[name] == module.__name__ and callable(module.run)
+
+
+def test_recording_writes_each_run_once_per_table_and_legacy_rewrites(tmp_path):
+    samples = recording.sample_frame({"a": 3, "b": 2})
+    assert len(samples) == 5 * len(recording.SCORES)
+    times = recording.record_times(recording.results.upsert, tmp_path / "new", samples, 3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert len(recording.results.read(tmp_path / "new", recording.results.SAMPLES)) == 3 * len(samples)
+    recording.record_times(recording.legacy_upsert, tmp_path / "old", samples, 3)
+    assert len(pd.read_parquet(tmp_path / "old" / "sample_scores.parquet")) == 3 * len(samples)
+
+
+def test_the_vit_b_16_step_rate_at_the_stated_mfu():
+    # 0.4 x 312 TFLOP/s over 3 x 41.09 GFLOP per pair: about 1,012 images/s on an A100.
+    assert decode.step_rate(312.0) == pytest.approx(0.4 * 312e12 / (3 * 41.09e9), rel=1e-3)

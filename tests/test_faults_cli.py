@@ -115,6 +115,7 @@ OTHER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(TRAIN_CASES) + list(OTHER_CASES))
 def test_bad_input_is_rejected_before_any_compute(case, config, tmp_path, env):
     args, expected = {**TRAIN_CASES, **OTHER_CASES}[case]
@@ -126,6 +127,7 @@ def test_bad_input_is_rejected_before_any_compute(case, config, tmp_path, env):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_unknown_dataset_in_a_shard_root_is_named_with_those_present(world, config, env):
     done = harness(["train", str(config), "--set", "data.source=shards", "--set", f"data.root={world}",
                     "--set", "data.id_test=imagenet_val"], env)
@@ -133,6 +135,7 @@ def test_unknown_dataset_in_a_shard_root_is_named_with_those_present(world, conf
                     "datasets in", "id_test, id_train")
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_fit_fails_before_data_or_weights_are_prepared(config, env):
     """Ray starts first, so asking for more CPUs than the cluster has costs seconds, not a pretraining."""
     started = time.perf_counter()
@@ -141,6 +144,7 @@ def test_a_run_that_cannot_fit_fails_before_data_or_weights_are_prepared(config,
     assert time.perf_counter() - started < 60
 
 
+@pytest.mark.slow
 def test_credentials_in_a_database_uri_are_not_echoed(config, env):
     done = harness(["train", str(config), "--set", "tracking.mlflow_uri=mysql://bob:hunter2@db/x"], env)
     assert done.returncode == 2 and "hunter2" not in done.stderr + done.stdout

@@ -127,6 +127,7 @@ def test_evaluation_names_the_shard_and_key_unless_allowed(faulty, bundle):
         assert "s0012" not in keys
 
 
+@pytest.mark.slow
 def test_counts_survive_dataloader_worker_processes(tmp_path, bundle):
     """Decoding in DataLoader processes: the counts ride in the stream to the training process."""
     write_id(tmp_path)
@@ -190,6 +191,7 @@ def run(cfg, root: Path, tmp_path: Path) -> dict:
     return runner.run(cfg, runner.RunPaths(root, None, tmp_path / "run"), engine.RunContext(), log=lambda line: None)
 
 
+@pytest.mark.slow
 def test_a_run_counts_bad_training_samples_into_its_results_row(root, tmp_path):
     shard, member = first_key(root / "id_train")
     replace_member(shard, member, b"garbage")
@@ -205,6 +207,7 @@ def test_a_run_counts_bad_training_samples_into_its_results_row(root, tmp_path):
     assert row["bad_samples_train"] == 1 and row["bad_samples_train_image"] == 1 and row["bad_samples_eval"] == 0
 
 
+@pytest.mark.slow
 def test_a_run_fails_past_the_bad_fraction_naming_what_was_bad(root, tmp_path):
     shard, member = first_key(root / "id_train")
     replace_member(shard, member, b"garbage")
@@ -221,6 +224,7 @@ def test_max_bad_fraction_is_validated():
         config.load(None, ["data.max_bad_fraction=1.5"])
 
 
+@pytest.mark.slow
 def test_evaluation_refuses_a_bad_sample_unless_allowed_then_counts_it(root, tmp_path):
     shard, member = first_key(root / "id_test")
     replace_member(shard, member, b"garbage")
@@ -236,6 +240,7 @@ def test_evaluation_refuses_a_bad_sample_unless_allowed_then_counts_it(root, tmp
     assert {row["n_id"] for row in allowed["ood"]} == {expected}  # the metrics say over how many
 
 
+@pytest.mark.slow
 def test_an_id_set_with_other_classes_is_refused_before_training(root, tmp_path):
     from harness import prepare
 

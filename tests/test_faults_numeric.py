@@ -37,6 +37,7 @@ def _batches(root: Path, bundle, batch_size=32):
                                          batch_size, shard_samples=manifest.shard_samples))
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_before_the_step_is_applied(root):
     torch.manual_seed(0)
     bundle = models.build("tiny-vit-32", None)
@@ -51,6 +52,7 @@ def test_a_nan_loss_stops_before_the_step_is_applied(root):
     assert isinstance(caught.value, FloatingPointError)  # what the loop raised before: callers keep working
 
 
+@pytest.mark.slow
 def test_ranks_agree_to_stop_when_only_another_rank_overflows(root):
     """Each rank's loss covers its own rows, so one rank can overflow alone; the others must stop
     at the same step or they would wait for it in the next all-gather forever. `gather` stands in
@@ -66,6 +68,7 @@ def test_ranks_agree_to_stop_when_only_another_rank_overflows(root):
     assert all(torch.equal(a, b) for a, b in zip(before, bundle.model.parameters()))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_ends_with_its_status_and_reports_it(root, tmp_path):
     cfg = config.load(None, [f"data.root={root}", "data.source=shards", "model.pretrained=null", "schedule.epochs=2",
                              "data.batch_size=64", "schedule.warmup_steps=2", "eval.neg_ratio=0.3",

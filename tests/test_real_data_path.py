@@ -68,6 +68,7 @@ def test_converted_trees_read_back_through_the_mos_suite(suite_root):
     assert len(warnings) == 1 + len(MOS_OOD)
 
 
+@pytest.mark.slow
 def test_a_locally_saved_checkpoint_is_evaluated_end_to_end_on_the_suite(suite_root, tmp_path):
     torch.manual_seed(0)
     checkpoint = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "pretrained.pt")

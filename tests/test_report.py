@@ -1,6 +1,5 @@
 """The report on a hand-made results directory (suite "mos", two seeds, per-sample scores with keys)."""
 
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -104,11 +103,10 @@ def test_filters_keep_only_what_is_asked(mos_out, tmp_path):
 
 def test_several_directories_and_old_tables(mos_out, tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(mos_out / "results", old / "results")
-    samples = pd.read_parquet(old / "results" / "sample_scores.parquet")
-    samples.drop(columns="key").to_parquet(old / "results" / "sample_scores.parquet")  # as schema 1 wrote it
-    runs = pd.read_parquet(old / "results" / "runs.parquet")
-    runs.drop(columns=["suite", "device"]).to_parquet(old / "results" / "runs.parquet")
+    (old / "results").mkdir(parents=True)
+    for table in results.TABLES:  # one file per table, as schema 1 wrote them (no key, suite, device)
+        dropped = {results.SAMPLES: ["key"], results.RUNS: ["suite", "device"]}.get(table, [])
+        results.read(mos_out / "results", table).drop(columns=dropped).to_parquet(old / "results" / f"{table}.parquet")
     tables = report_stats.load([mos_out, old])
     assert len(tables.runs) == 10 and tables.runs["run_id"].is_unique  # same ids: prefixed by directory
     assert set(tables.runs["suite"]) == {"mos"}  # derived from config_json for the old table

@@ -264,6 +264,7 @@ def test_index_refuses_what_it_cannot_describe(tmp_path):
     assert os.listdir(tmp_path / "empty") == []
 
 
+@pytest.mark.slow
 def test_ray_tasks_write_the_same_shards_as_one_process(tmp_path):
     """--address: one Ray task per shard (here a local Ray started and stopped by the writer)."""
     _tree(tmp_path / "tree", per_class=2)

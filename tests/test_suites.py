@@ -81,6 +81,7 @@ def test_entry_runs_as_a_file_like_ray_submit():
     assert bad.returncode == 2 and "invalid choice: 'sweeep'" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(Path("/tmp/ray/ray_current_cluster").exists(), reason="a Ray cluster runs here: auto would join it")
 def test_entry_joins_the_running_cluster(tmp_path, capsys):
     # train/sweep get --address auto; with no cluster running preflight says so (exit 2, before any compute).

@@ -3,14 +3,21 @@
 One prepared script for a short GPU lease (well under 5 minutes: model build, a few
 warm-up steps, at most ``max_seconds`` of timed steps)::
 
-    python -m harness.bench.gpu_step                # ViT-B-16, batch 256, bf16 autocast, CMA lambda 0.1
+    python -m harness.bench.gpu_step                # ViT-B-16, batch 256, bf16 autocast, CMA lambda 0.1,
+                                                    # then the GPU JPEG decode + crop (nvJPEG)
     python -m harness.bench.gpu_step --json out.json
+    python -m harness.bench.gpu_step --no-decode    # the step alone
 
 The step is harness.engine.train_step (the one every run uses) with CMALoss and the
 harness's AdamW, on random init and random inputs already on the device: it measures
 the model step alone, not the input pipeline. MFU = analytic model FLOPs per second
 (:func:`forward_flops` x 3 for forward + backward) over the card's dense bf16 peak
 (:data:`PEAK_BF16_TFLOPS`). Without a CUDA device the benchmark row is skipped.
+
+The decode figure (:func:`measure_decode`): ImageNet-like JPEGs (harness.bench.jpeg_world)
+decoded on the device by harness.data.gpu_decode (torchvision's nvJPEG decode_jpeg, then
+RandomResizedCrop 224 bicubic per image), in batches of ``batch``, images/s; its pixels are
+checked against the CPU path (harness.data.gpu_decode.TOLERANCE) on the first batch.
 """
 
 from __future__ import annotations
@@ -94,6 +101,38 @@ def measure(arch: str = ARCH, batch: int = BATCH, steps: int = 30, warmup: int =
             "mfu": flops_per_s / peak, "seconds_per_step": elapsed / done}
 
 
+def measure_decode(batch: int = BATCH, images: int = 512, device: str = "cuda", max_seconds: float = 60.0,
+                   root: str | None = None) -> dict:
+    """GPU JPEG decode + crop images/s over ImageNet-like JPEGs, and its largest |difference|
+    from the CPU path on one batch (uint8 levels)."""
+    from pathlib import Path
+
+    from harness.bench import decode, jpeg_world
+    from harness.data import gpu_decode
+    from harness.data.tario import read_samples
+    from harness.paths import cache_dir
+
+    shards = jpeg_world.generate(Path(root or cache_dir()) / f"imagenet-like-jpeg-{images}", images)
+    datas = [sample["jpg"] for url in shards for sample in read_samples(url)]
+    crop = decode.train_crop()
+    batches = [datas[i:i + batch] for i in range(0, len(datas), batch)]
+    torch.manual_seed(0)
+    first = gpu_decode.decode_crop_batch(batches[0], crop, device)
+    torch.manual_seed(0)
+    cpu = gpu_decode.decode_crop_batch(batches[0], crop, "cpu")
+    d = (first.cpu().int() - cpu.int()).abs().float()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < max_seconds and done < 4 * len(datas):
+        for chunk in batches:
+            out = gpu_decode.decode_crop_batch(chunk, crop, device)
+            done += len(chunk)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {"decode_images_per_s": done / elapsed, "decode_mean_abs_vs_cpu": d.mean().item(),
+            "decode_max_abs_vs_cpu": d.max().item(), "decode_batch": batch}
+
+
 def _row(result: dict | None) -> Row:
     figure = f"{ARCH} FLYP/CMA training step, random init, bf16 autocast, batch {BATCH}: MFU"
     if result is None:
@@ -107,13 +146,27 @@ def run(ctx: BenchContext) -> Section:
     how = ("Run it alone on a GPU machine with `python -m harness.bench.gpu_step` (one script, under "
            "5 minutes), or `harness bench --only gpu`.")
     if not torch.cuda.is_available():
-        return Section("gpu", "6. GPU step", [_row(None)], [f"Skipped: no CUDA device on this machine. {how}"])
+        return Section("gpu", "6. GPU step", [_row(None), _decode_row(None)],
+                       [f"Skipped: no CUDA device on this machine. {how}"])
     result = measure(steps=ctx.pick(30, 3), warmup=ctx.pick(5, 1))
+    result.update(measure_decode(images=ctx.pick(512, 16), max_seconds=ctx.pick(30, 2)))
     notes = [f"{result['images_per_s']:.0f} images/s, {result['seconds_per_step'] * 1e3:.0f} ms per step over "
              f"{result['steps']} steps on {result['device']}; {3 * forward_flops(open_clip.get_model_config(ARCH), 1) / 1e9:.0f} "
              "GFLOP per image-text pair (forward + backward, analytic). Random inputs on the device: the input "
              f"pipeline is not part of this figure. {how}"]
-    return Section("gpu", "6. GPU step", [_row(result)], notes)
+    notes.append(f"GPU JPEG decode + crop (nvJPEG, harness.data.gpu_decode): {result['decode_images_per_s']:.0f} "
+                 f"images/s against the step's {result['images_per_s']:.0f}; |difference| from the CPU path mean "
+                 f"{result['decode_mean_abs_vs_cpu']:.2f}, max {result['decode_max_abs_vs_cpu']:.0f} levels.")
+    return Section("gpu", "6. GPU step", [_row(result), _decode_row(result)], notes)
+
+
+def _decode_row(result: dict | None) -> Row:
+    figure = "GPU JPEG decode + RandomResizedCrop 224 (nvJPEG), ImageNet-like JPEGs, vs the training step's rate"
+    if result is None:
+        return Row("gpu", figure, math.nan, "img/s", "the ViT-B/16 step's images/s", goal=">= 1.0",
+                   note="skipped: no CUDA device")
+    return Row("gpu", figure, result["decode_images_per_s"], "img/s", "the ViT-B/16 step's images/s",
+               result["images_per_s"], result["decode_images_per_s"] / result["images_per_s"], ">= 1.0")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--no-decode", action="store_true", help="skip the GPU JPEG decode timing")
     args = parser.parse_args(argv)
     result = measure(args.arch, args.batch, args.steps, args.warmup, args.device)
+    if not args.no_decode:
+        result.update(measure_decode(args.batch, device=args.device))
     print(json.dumps(result, indent=1))
     if args.json:
         with open(args.json, "w") as out:

@@ -25,6 +25,8 @@ BENCHMARKS = {  # name -> module with run(ctx) -> Section, in the issue's order
     "metrics": "harness.bench.metrics",
     "memory": "harness.bench.memory",
     "gpu": "harness.bench.gpu_step",
+    "recording": "harness.bench.recording",
+    "decode": "harness.bench.decode",
 }
 
 

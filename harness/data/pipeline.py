@@ -29,7 +29,7 @@ import webdataset as wds
 
 from harness.data.badsamples import BadDataError, BadSamples
 from harness.data.tario import tar_samples
-from harness.data.transforms import decode_image, split
+from harness.data.transforms import SplitTransform, split
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
@@ -97,9 +97,9 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _decoded(sample: dict, to_tensor: Callable) -> torch.Tensor:
+def _decoded(sample: dict, fast: SplitTransform) -> torch.Tensor:
     try:
-        return to_tensor(decode_image(_first_present(sample, IMAGE_KEYS, "image")))
+        return fast.encoded(_first_present(sample, IMAGE_KEYS, "image"))
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         text = str(err).replace(" <_io.BytesIO object", "").split(" at 0x")[0]  # the buffer's address says nothing
         raise _Bad("image", f"unreadable image ({type(err).__name__}: {text})") from err
@@ -204,7 +204,7 @@ def train_pipeline(
     fast = split(transform)
 
     def to_pair(sample: dict):
-        image = _decoded(sample, fast.sample)
+        image = _decoded(sample, fast)
         try:
             text = caption(sample)
         except Exception as err:  # a missing, unparsable or out-of-range class, or no caption
@@ -305,7 +305,7 @@ def eval_pipeline(
     fast = split(transform)
 
     def to_row(sample: dict):
-        return _decoded(sample, fast.sample), _label(sample, num_classes), sample["__key__"]
+        return _decoded(sample, fast), _label(sample, num_classes), sample["__key__"]
 
     def collate(rows):
         images, labels, keys = zip(*rows)

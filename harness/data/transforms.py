@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from harness.data import jpeg
+
 
 def decode_image(data: bytes) -> Image.Image:
     """An RGB PIL image from encoded bytes (PNG, JPEG, WebP, ...).
@@ -56,10 +58,20 @@ class BatchNormalize:
 @dataclass(frozen=True)
 class SplitTransform:
     """``batch(torch.stack([sample(image) for image in images]))`` equals
-    ``torch.stack([transform(image) for image in images])`` for RGB PIL images."""
+    ``torch.stack([transform(image) for image in images])`` for RGB PIL images.
+
+    ``jpeg``, when set, does ``sample(decode_image(data))`` straight from JPEG bytes (the
+    decode fused with the crop, harness.data.jpeg), within harness.data.jpeg.TOLERANCE."""
 
     sample: Callable[[Image.Image], torch.Tensor]
     batch: Callable[[torch.Tensor], torch.Tensor]
+    jpeg: Callable[[bytes], torch.Tensor] | None = None
+
+    def encoded(self, data: bytes) -> torch.Tensor:
+        """The per-sample part of the transform, from encoded image bytes."""
+        if self.jpeg is not None and jpeg.is_jpeg(data):
+            return self.jpeg(data)
+        return self.sample(decode_image(data))
 
 
 def _identity(batch: torch.Tensor) -> torch.Tensor:
@@ -75,10 +87,12 @@ def _is_rgb_convert(step) -> bool:
     return type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB"
 
 
-def split(transform: Callable) -> SplitTransform:
+def split(transform: Callable, fuse_jpeg: bool = True) -> SplitTransform:
     """The batched fast path of ``transform`` when it is a Compose ending in open_clip's
     [convert to RGB, ToTensor, Normalize] and float32 is the default dtype; otherwise
-    ``transform`` per sample and nothing per batch."""
+    ``transform`` per sample and nothing per batch. When the geometric part is one
+    RandomResizedCrop (open_clip's train transform) and ``fuse_jpeg``, JPEG bytes take
+    the fused decode + crop of harness.data.jpeg."""
     steps = list(getattr(transform, "transforms", []))
     fits = (len(steps) >= 3 and _is_rgb_convert(steps[-3]) and _is_to_tensor(steps[-2])
             and isinstance(steps[-1], T.Normalize) and not steps[-1].inplace
@@ -97,4 +111,7 @@ def split(transform: Callable) -> SplitTransform:
         image = geometric(image)
         return to_uint8_chw(image if image.mode == "RGB" else image.convert("RGB"))
 
-    return SplitTransform(sample, BatchNormalize(mean, std))
+    fused = None
+    if fuse_jpeg and len(steps) == 4 and jpeg.fusable(steps[0]):
+        fused = jpeg.FusedCrop(steps[0])
+    return SplitTransform(sample, BatchNormalize(mean, std), fused)

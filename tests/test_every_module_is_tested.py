@@ -1,0 +1,49 @@
+"""Every module of harness/ is imported by some test file: a new module without tests fails here."""
+
+import ast
+import pkgutil
+import textwrap
+from pathlib import Path
+
+import harness
+
+TESTS = Path(__file__).parent
+
+
+def harness_modules() -> set[str]:
+    """Every module (not package) under harness/, by dotted name."""
+    return {info.name for info in pkgutil.walk_packages(harness.__path__, "harness.") if not info.ispkg}
+
+
+def imported_by(path: Path) -> set[str]:
+    """The harness modules a test file imports (``from harness import x``, ``from harness.x import y``,
+    ``import harness.x``; at any depth of the file, also in the code strings it runs in a subprocess)."""
+    return _imports(ast.parse(path.read_text(), str(path)))
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        code = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+        if "import harness" in code or "from harness" in code:
+            try:
+                names |= _imports(ast.parse(textwrap.dedent(code)))
+            except SyntaxError:
+                pass
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.startswith("harness.")}
+
+
+def test_every_harness_module_is_imported_by_a_test_file():
+    tested = set().union(*(imported_by(path) for path in TESTS.glob("test_*.py")))
+    missing = sorted(harness_modules() - tested)
+    assert not missing, f"modules no test file imports (give each a tests/test_<name>.py): {', '.join(missing)}"
+
+
+def test_the_check_sees_modules_and_imports():
+    assert {"harness.results", "harness.data.pipeline", "harness.bench.table"} <= harness_modules()
+    assert "harness.results" in imported_by(Path(__file__).with_name("test_results.py"))
