@@ -108,8 +108,31 @@ class EvalConfig(_Section):
     neg_ratio: float = Field(0.15, gt=0, le=1)
     """NegMining keeps this share of the least ID-like nouns and of adjectives."""
     neg_groups: int = Field(1, ge=1)
+    """NegLabel's negative groups: 1 as in the CMA code (default), 100 in NegLabel's reference config."""
+    neg_remainder: Literal["shuffled", "tail"] = "shuffled"
+    """Negatives dropped when neg_groups does not divide their number: the last of the seeded shuffle
+    (shuffled), or the last in file order before shuffling (tail, the OpenOOD-VLM code's rule)."""
     neg_temperature: float = Field(0.01, gt=0)
     mcm_temperature: float = Field(1.0, gt=0)
+    gl_mcm_lambda: float = Field(1.0, ge=0)
+    """GL-MCM's weight of the local (patch) term."""
+    knn_k: int = Field(50, ge=1)
+    """KNN's k (the paper: 1000 with 1% of ImageNet-train); at most the bank's size."""
+    knn_bank_fraction: float = Field(1.0, gt=0, le=1)
+    """Share of data.train encoded as KNN's bank (seeded subsample of shards' samples in order)."""
+    odin_temperature: float = Field(1000.0, gt=0)
+    odin_epsilon: float = Field(0.0014, ge=0)
+    csp_negatives: str | None = None
+    """CSP's conjugated pool written by `harness negatives --mode csp` (relative to data.root or absolute);
+    None: conjugate eval.negatives' adjectives in-process and mine the extended pool."""
+    adaneg_order: Literal["shuffled", "id-first", "ood-first"] = "shuffled"
+    """AdaNeg's test stream: both sets mixed by one seeded permutation, or one set after the other."""
+    adaneg_seed: int = 0
+    adaneg_batch_size: int = Field(256, ge=1)
+    adaneg_memory: int = Field(10, ge=1)
+    adaneg_lambda: float = Field(0.1, ge=0)
+    adaneg_threshold: float = Field(0.5, ge=0, le=1)
+    adaneg_gap: float = Field(0.5, ge=0, le=1)
     scores: tuple[str, ...] = ("mcm", "neglabel", "msp", "energy", "max_logit")
     selection_score: str = "neglabel"
     """Score whose OoD-validation AUROC enters the selection objective."""
