@@ -85,6 +85,9 @@ def _negatives_parser(sub) -> None:
                      help="only the first N candidates of each kind (a quick check, not the method)")
     neg.add_argument("--batch-size", type=int, default=512, help="prompts per text-encoder batch (default 512)")
     neg.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    neg.add_argument("--mode", choices=("neglabel", "csp"), default="neglabel",
+                     help="neglabel: NegLabel's pool; csp: CSP's conjugated pool (its WordNet files, plus each "
+                          "adjective x superclass word), for --set eval.csp_negatives=OUT")
 
 
 def _shards_parser(sub) -> None:
@@ -308,13 +311,17 @@ def _negatives(args) -> int:
     try:
         names = writers.read_classnames(args.classnames)
         preflight.check_model_weights(args.arch, pretrained, field="--pretrained")
-        selection = wordnet.select(args.wordnet, exclude=names)
+        selection = wordnet.select(args.wordnet, exclude=names, mode=args.mode)
     except (writers.SourceError, wordnet.WordNetError) as err:
         raise UsageError(str(err)) from None
     candidates = selection.candidates
     if args.limit is not None:
         candidates = [c for kind in ("noun", "adj") for c in [c for c in candidates if c.kind == kind][:args.limit]]
-    provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0",
+    if args.mode == "csp":  # CSP's pool: the selection plus every adjective conjugated with the superclass words
+        from harness.negatives import conjugate
+
+        candidates = candidates + conjugate(candidates)
+    provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0", "mode": args.mode,
                   "selection": "nouns: noun.* except noun.animal, noun.food; adjectives: adj.all, adj.pert, "
                                "adj.ppl; the first lemma of each synset, de-duplicated, ID class names dropped",
                   "counts": selection.counts, "limit": args.limit, "classnames": args.classnames}
@@ -324,7 +331,7 @@ def _negatives(args) -> int:
                           args.eval_prompt, args.noun_prompt, args.adjective_prompt, provenance,
                           args.batch_size, args.device)
     print(f"candidates: {record['candidates']} -> {cand_path}\nmined:      {record['mined']} -> {args.out}\n"
-          f"use it: --set eval.negatives={args.out.resolve()}")
+          f"use it: --set eval.{'csp_negatives' if args.mode == 'csp' else 'negatives'}={args.out.resolve()}")
     return 0
 
 

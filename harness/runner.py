@@ -5,8 +5,9 @@ body of a Ray Train worker and also runs alone in a test. Rank 0 writes the
 run's outputs into ``run_dir``:
 
 - ``checkpoint/model.pt``: the final weights (state dict, loads with weights_only=True)
-- ``embeddings/<dataset>.pt``: the test-set embedding cache; ``embeddings/text.pt``: the
-  class-prompt and negative-label features (evaluate.TextSide)
+- ``embeddings/<id test set>.pt``: a link to the ID test set's entry in the shared embedding
+  cache (harness.embed_cache: one cache per weights digest, shared by runs and `harness
+  evaluate`); ``embeddings/text.pt``: the class-prompt and negative-label features (evaluate.TextSide)
 - ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
 - ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings, bad-sample
   counts, ``status``)
@@ -21,6 +22,8 @@ have been fixed). Both are reported to Tune and returned; the driver records the
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 import typing
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, engine, evaluate, gap, models
+from harness import checkpoint, embed_cache, engine, evaluate, gap, models, score_inputs
 from harness.config import Config, SearchConfig
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
@@ -54,6 +57,12 @@ class RunPaths:
 
     def negatives(self, cfg: Config) -> Path:
         path = Path(cfg.eval.negatives).expanduser()
+        return path if path.is_absolute() else self.data_root / path
+
+    def csp_negatives(self, cfg: Config) -> Path | None:
+        if cfg.eval.csp_negatives is None:
+            return None
+        path = Path(cfg.eval.csp_negatives).expanduser()
         return path if path.is_absolute() else self.data_root / path
 
 
@@ -123,7 +132,8 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
         bare = models.unwrap(model)
         eval_start = time.perf_counter()
         # Every rank encodes its share of the test sets; rank 0 receives them whole.
-        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx)
+        cache = model_cache(cfg, bundle, bare, log)
+        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx, cache)
         if ctx.rank != 0:
             ctx.report({"done": 1}, None)
             return None
@@ -132,7 +142,8 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
         encode_s = time.perf_counter() - eval_start
         summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
         eval_start = time.perf_counter()
-        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings))
+        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings, cache))
+        log(f"[{cfg.name}] {cache.summary()}")
     except BadDataError as err:
         raise RunStopped("failed", err, history, err.collective) from err
     summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
@@ -257,53 +268,78 @@ def _missing(paths: RunPaths, name: str, emb: evaluate.Embeddings) -> int:
     return max(0, read_manifest(paths.dataset(name)).num_samples - len(emb.keys))
 
 
-def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device, cache: bool) -> evaluate.Embeddings:
+def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device,
+            cache: embed_cache.EmbeddingCache | None) -> evaluate.Embeddings:
     manifest = read_manifest(paths.dataset(name))
     encode = lambda: _encode_share(cfg, manifest, bundle, model, device)  # noqa: E731
-    if not cache:
+    if cache is None:
         return encode()
-    return evaluate.cached_embeddings(paths.run_dir / "embeddings" / f"{name}.pt", encode)
+    return evaluate.Embeddings.from_dict(cache.get_or_build(_cache_path(cfg, paths, cache, name),
+                                                            lambda: encode().as_dict()))
 
 
-def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext
+def model_cache(cfg: Config, bundle, model, log=print) -> embed_cache.EmbeddingCache:
+    """The shared embedding cache of these weights (harness.embed_cache)."""
+    return embed_cache.for_bundle(bundle, model, cfg.model.arch,
+                                  models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained), log=log)
+
+
+def _cache_path(cfg: Config, paths: RunPaths, cache: embed_cache.EmbeddingCache, name: str) -> Path:
+    return cache.path(paths.dataset(name), "features", allow_bad=cfg.eval.allow_bad_samples)
+
+
+def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext,
+                     cache: embed_cache.EmbeddingCache | None = None
                      ) -> tuple[dict[str, evaluate.Embeddings] | None, dict[str, list[int]]]:
     """Encode ID test and every OoD test set with the work split across ranks by shard.
 
     Each rank encodes the shards ``rank::world_size`` of each set (none when the set
     has fewer shards than ranks), so every sample is encoded exactly once; rank 0
-    gathers the parts, in rank order, and caches each set in ``embeddings/``. A set
-    already cached is read instead (every rank checks, so all skip it together).
-    Returns (the embeddings on rank 0, else None; samples encoded by each rank).
+    gathers the parts, in rank order, and stores each set in the shared embedding cache
+    (harness.embed_cache). A set already cached for these weights is read instead (every
+    rank checks, so all skip it together). Returns (the embeddings on rank 0, else None;
+    samples encoded by each rank).
     """
+    cache = cache or model_cache(cfg, bundle, model)
     embeddings, counts = {}, {}
-    for name in (cfg.data.id_test, *cfg.data.ood_test):
-        cache = paths.run_dir / "embeddings" / f"{name}.pt"
+    for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test)):  # a set named twice is encoded once
+        path = _cache_path(cfg, paths, cache, name)
         part = None
-        if not cache.is_file():
+        if not path.is_file():
             part = _encode_share(cfg, read_manifest(paths.dataset(name)), bundle, model, ctx.device,
                                  ctx.rank, ctx.world_size)
         parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
         counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
         if ctx.rank != 0:
             continue
-        if cache.is_file():
-            embeddings[name] = evaluate.Embeddings.load(cache)
-            continue
         present = [p for p in parts if p is not None]
-        if not present:
+        if not path.is_file() and not present:
             raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
-        embeddings[name] = evaluate.Embeddings(torch.cat([p.features for p in present]),
-                                               torch.cat([p.labels for p in present]),
-                                               [k for p in present for k in p.keys])
-        embeddings[name].save(cache)
+        whole = lambda: evaluate.Embeddings(torch.cat([p.features for p in present]),  # noqa: E731
+                                            torch.cat([p.labels for p in present]),
+                                            [k for p in present for k in p.keys]).as_dict()
+        embeddings[name] = evaluate.Embeddings.from_dict(cache.get_or_build(path, whole))
     return (embeddings if ctx.rank == 0 else None), counts
+
+
+def link_into_run(cache_file: Path, run_file: Path) -> None:
+    """``run_file`` as a hard link to the cache entry (a copy across file systems), for readers of
+    the run directory (the report's gap projection)."""
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_file.with_name(f".{run_file.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(cache_file, tmp)
+    except OSError:
+        shutil.copyfile(cache_file, tmp)
+    os.replace(tmp, run_file)
 
 
 def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) -> dict[str, float]:
     """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set."""
     text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
-    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache=False)
-    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache=False)
+    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache=None)
+    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache=None)
     score = cfg.eval.selection_score
     ood_cfg = cfg.eval.model_copy(update={"scores": (score,)})
     metrics = evaluate.ood_table(evaluate.compute_scores(id_emb.features, text, ood_cfg, cfg.seed),
@@ -315,27 +351,46 @@ def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) ->
 
 
 def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
-         embeddings: dict[str, evaluate.Embeddings] | None = None) -> dict:
-    """Encode ID test and every OoD test set once (cached), then compute every score from the cache.
+         embeddings: dict[str, evaluate.Embeddings] | None = None,
+         cache: embed_cache.EmbeddingCache | None = None) -> dict:
+    """Encode ID test and every OoD test set once (shared cache), then compute every score from the cache.
     ``embeddings``: the sets already encoded (e.g. across ranks by :func:`encode_test_sets`).
 
     Writes ``scores.pt`` ({"keys": {dataset: [key, ...]}, "scores": {dataset: {score: (N,) tensor}}},
-    both in eval read order) and ``embeddings/text.pt`` (the TextSide), and measures the
-    modality gap on the ID test set (harness.gap). ``test_bad_samples``: per set, the samples
-    skipped as bad (eval.allow_bad_samples).
+    in eval read order), with stream scores ``paired_scores.pt`` ({OoD dataset: {score: {"id": (N_id,),
+    "ood": (N_ood,)}}}, the ID scores of that pair)
+    and ``embeddings/text.pt`` (the TextSide), and measures the modality gap on the ID test set
+    (harness.gap). ``test_bad_samples``: per set, the samples skipped as bad (eval.allow_bad_samples).
+    ``skipped_scores``: selected scores this run's model cannot provide inputs for, with the reason.
     """
-    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
+    cache = cache or model_cache(cfg, bundle, model)
+    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device,
+                                    csp_path=paths.csp_negatives(cfg))
     if embeddings is None:
-        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache=True)
-                      for name in (cfg.data.id_test, *cfg.data.ood_test)}
-    scores = {name: evaluate.compute_scores(emb.features, text, cfg.eval, cfg.seed) for name, emb in embeddings.items()}
+        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache)
+                      for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test))}
+    train_dir = paths.dataset(cfg.data.train)
+    kept, skipped = score_inputs.plan(cfg.eval.scores, score_inputs.available_inputs(
+        model, cfg.eval, (train_dir / "manifest.json").is_file()))
+    ecfg = cfg.eval.model_copy(update={"scores": kept})
+    scores = {name: evaluate.compute_scores(emb.features, text, ecfg, cfg.seed, score_inputs.provide(
+        kept, cache, model, bundle, paths.dataset(name), text, ecfg, device, train_dir, cfg.seed))
+        for name, emb in embeddings.items()}
     id_emb, id_scores = embeddings[cfg.data.id_test], scores[cfg.data.id_test]
+    paired = {name: evaluate.stream_scores(id_emb.features, embeddings[name].features, text, ecfg, cfg.seed)
+              for name in cfg.data.ood_test}
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"keys": {name: emb.keys for name, emb in embeddings.items()}, "scores": scores},
                paths.run_dir / "scores.pt")
+    if any(paired.values()):
+        torch.save({d: {s: {"id": i, "ood": o} for s, (i, o) in by.items()} for d, by in paired.items()},
+                   paths.run_dir / "paired_scores.pt")
     text.save(paths.run_dir / "embeddings" / "text.pt")
+    link_into_run(_cache_path(cfg, paths, cache, cfg.data.id_test),
+                  paths.run_dir / "embeddings" / f"{cfg.data.id_test}.pt")
     ood_scores = {name: scores[name] for name in cfg.data.ood_test}
-    return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores),
+    return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores, paired),
             "num_negatives": len(text.negative_labels), "negatives_sample": text.negative_labels[:20],
             "test_bad_samples": {name: _missing(paths, name, emb) for name, emb in embeddings.items()},
+            "skipped_scores": skipped,
             "gap": gap.measures(id_emb.features, id_emb.labels, text.class_features, seed=cfg.seed)}
