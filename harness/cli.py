@@ -56,7 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log there instead of each sweep's own tracking.mlflow_uri (e.g. the server moved)")
     _shards_parser(sub)
     _negatives_parser(sub)
+    _evaluate_parser(sub)
     return parser
+
+
+def _evaluate_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="evaluate any weights on any suite, every score, no training")
+    ev.add_argument("--weights", required=True, metavar="W",
+                    help="an open_clip tag (openai), a checkpoint file, or a run directory / run id of an earlier --out")
+    ev.add_argument("--arch", default=None, help="open_clip architecture (default: the source run's, else the config's)")
+    ev.add_argument("--suite", action="append", default=[], metavar="S",
+                    help="mos or openood-v1.5 (repeatable: every set encoded once, one table per suite)")
+    ev.add_argument("--scores", action="append", default=None, metavar="A,B",
+                    help="scores to compute (default: the config's eval.scores)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set data.ood_test=[a,b] (repeatable)")
+    ev.add_argument("--out", type=Path, default=None, help="output directory (default: runs/evaluate-<name>)")
+    ev.add_argument("--runs-root", type=Path, default=Path("runs"), help="where run ids are looked up (default runs)")
+    ev.add_argument("--cache", type=Path, default=None,
+                    help="embedding cache directory (default $HARNESS_CACHE/embeddings)")
+    cache = sub.add_parser("cache", help="the shared embedding cache: size per weights digest, or prune it")
+    cache.add_argument("action", choices=("size", "prune"))
+    cache.add_argument("--cache", type=Path, default=None, help="default $HARNESS_CACHE/embeddings")
+    cache.add_argument("--older-than-days", type=float, default=None,
+                       help="prune only entries unused for this many days (default: all)")
 
 
 def _negatives_parser(sub) -> None:
@@ -140,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             return _shards(args)
         if args.command == "negatives":
             return _negatives(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "cache":
+            return _cache(args)
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args))
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
@@ -178,6 +205,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlflow store:  {uri} NOT REACHED: run `harness sync-mlflow --out {out}` once it is back")
     ended = ("finished", "stopped") + (("diverged",) if kind == "sweep" else ())  # a diverged trial is a search outcome
     return 0 if all(r.status in ended for r in records) else 1
+
+
+def _evaluate(args) -> int:
+    """Resolve the weights and every config (one per suite) before any compute, then evaluate each."""
+    import os
+
+    from harness import evaluate_weights as ew
+    from harness.suites import SuiteError
+
+    if args.cache is not None:
+        os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())  # read by embed_cache, also in workers
+    try:
+        per_suite = ew.suite_overrides(args.suite) or [[]]
+        sources = [ew.resolve(args.weights, args.arch, args.overrides + suite + ew.score_overrides(args.scores),
+                              args.runs_root) for suite in per_suite]
+    except (ew.SourceError, SuiteError) as err:
+        raise UsageError(str(err)) from None
+    cfg = sources[0].cfg
+    out = preflight.check_run(cfg, args.out or Path("runs") / f"evaluate-{cfg.name}", None, sweep=False)
+    from harness import driver, tracking
+
+    timer = driver.Timer()
+    records = []
+    for source in sources:
+        with timer.stage(f"evaluate {args.weights} on {', '.join(source.cfg.data.ood_test)}"):
+            records.append(ew.evaluate(source, out, log=timer.log))
+    cfg = _without_credentials(cfg, tracking)
+    md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-evaluate", records, timer)
+    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/*.parquet\nmlflow store:  {uri}"
+          + ("" if synced else f" NOT REACHED: run `harness sync-mlflow --out {out}`"))
+    return 0 if all(r.status == "finished" for r in records) else 1
+
+
+def _cache(args) -> int:
+    from harness import embed_cache
+
+    root = (args.cache or embed_cache.default_root()).expanduser().resolve()
+    if args.action == "size":
+        sizes = embed_cache.sizes(root)
+        for digest, (count, size) in sizes.items():
+            print(f"{digest}  {count:5d} entries  {size / 2**20:10.1f} MiB")
+        print(f"total {sum(c for c, _ in sizes.values())} entries, "
+              f"{sum(s for _, s in sizes.values()) / 2**20:.1f} MiB in {root}")
+        return 0
+    removed, freed = embed_cache.prune(root, args.older_than_days)
+    print(f"pruned {removed} entries ({freed / 2**20:.1f} MiB) from {root}")
+    return 0
 
 
 def _without_credentials(cfg, tracking):

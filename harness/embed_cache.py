@@ -1,7 +1,7 @@
 """One embedding cache per weights, shared by every run and command that evaluates them.
 
 Location: ``$HARNESS_CACHE/embeddings`` (default ~/.cache/harness/embeddings; shared storage on
-a multi-node cluster), or the directory given to ``harness evaluate --cache``. Layout:
+a multi-node cluster), or ``$HARNESS_EMBED_CACHE`` (what ``harness evaluate --cache DIR`` sets). Layout:
 ``<root>/<weights digest[:16]>/<dataset>.<what>.<key[:16]>.pt``, where the key hashes
 everything the cached tensor depends on: the weights digest (a sha256 of the state dict's
 tensors, not of a file or a run), the architecture and activation, the preprocessing, the
@@ -32,7 +32,9 @@ from harness.paths import cache_dir
 
 
 def default_root() -> Path:
-    return cache_dir() / "embeddings"
+    """$HARNESS_EMBED_CACHE (set by `harness evaluate --cache`), else $HARNESS_CACHE/embeddings."""
+    override = os.environ.get("HARNESS_EMBED_CACHE")
+    return Path(override) if override else cache_dir() / "embeddings"
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -158,6 +158,33 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
     return summary
 
 
+def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print,
+                  extra: dict | None = None) -> dict:
+    """Evaluate the weights at ``paths.weights`` without training (``harness evaluate``): the same
+    validation, test scores, result.json and checkpoint as the end of :func:`run`, through the
+    shared embedding cache. ``extra``: summary fields to add (e.g. where the weights came from)."""
+    started = time.perf_counter()
+    classnames = check_class_lists({name: read_manifest(paths.dataset(name))
+                                    for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
+    bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
+                          quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
+    model = bundle.model.to(ctx.device)
+    cache = model_cache(cfg, bundle, model, log)
+    embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
+    summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
+               "device": ctx.device.type, **(extra or {})}
+    summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device))
+    summary.update(test(cfg, paths, bundle, model, classnames, ctx.device, embeddings, cache))
+    summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
+    summary.update(eval_s=time.perf_counter() - started, wall_s=time.perf_counter() - started,
+                   eval_encoded_by_rank=encoded_by_rank, cache_reused=cache.misses == 0, cache_encoded=cache.misses)
+    log(f"[{cfg.name}] {cache.summary()}")
+    if paths.weights:
+        summary["checkpoint"] = str(paths.weights)
+    write_json(paths.run_dir / RESULT, summary)
+    return summary
+
+
 def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStopped, facts: dict,
              started: float, log) -> dict | None:
     """End a run early: report it to Tune (every rank reports, as at the end of a run) and, on
