@@ -136,6 +136,7 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
              "FLYP is λ = 0; CMA is the λ > 0 run with the best validation objective (mean of ID-val accuracy "
              "and OoD-val AUROC); test sets never enter the selection. ID accuracy: Wilson 95% interval.", "",
              md.main_table(chosen, ci, ood, scores) if not ood.empty else "_no OoD metrics recorded_", ""]
+    lines += _fpr_conventions(chosen, ood, scores)
     lines += _paired_section(tables, chosen, scores, n_boot)
     lines += _paper_section(suite, chosen, ood) + _seed_section(runs, ood, scores)
     figures = out_md.parent / f"{out_md.stem}{suffix}"
@@ -148,6 +149,23 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
         lines += ["## ROC curves (ID positive; dotted: 95% of ID accepted, where FPR95 is read)",
                   f"![ROC curves]({figures.name}-roc.png)", ""]
     return lines + _gap_section(runs, chosen, Path(f"{figures}-gap.png"))
+
+
+def _fpr_conventions(chosen: dict[str, pd.Series], ood: pd.DataFrame, scores: list[str]) -> list[str]:
+    """FPR95 under both conventions for the main table's runs: ID-positive (MCM, NegLabel, CMA papers;
+    the tables above) and OoD-positive (OpenOOD v1.5), per score and OoD set, in percent."""
+    if ood.empty or "fpr95_ood_positive" not in ood:
+        return []
+    rows = []
+    for method, run in chosen.items():
+        mine = ood[(ood["run_id"] == run["run_id"]) & ood["score"].isin(scores)]
+        rows += [[md.LABEL.get(method, method), r["score"], r["dataset"], f"{100 * r['fpr95']:.2f}",
+                  f"{100 * r['fpr95_ood_positive']:.2f}"] for _, r in mine.iterrows()]
+    return ["## FPR95 under both conventions (percent)",
+            "ID-positive: the share of OoD accepted at the threshold keeping 95% of ID (the tables above, the "
+            "MCM / NegLabel / CMA papers). OoD-positive: the share of ID rejected at the threshold catching 95% "
+            "of OoD (OpenOOD v1.5).", "",
+            md.table(["method", "score", "OoD set", "FPR95 ID-positive", "FPR95 OoD-positive"], rows), ""] if rows else []
 
 
 def _common_sections(tables: Tables, out_md: Path) -> list[str]:
