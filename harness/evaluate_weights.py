@@ -96,11 +96,18 @@ def suite_overrides(names: list[str]) -> list[list[str]]:
 
 
 def score_overrides(scores: list[str] | None) -> list[str]:
-    """``--scores a,b`` as overrides; the selection score stays neglabel when selected, else the first."""
+    """``--scores a,b`` as overrides. The selection score (validation's) stays neglabel when selected,
+    else the first one validation can compute; with none such, mcm is added for it."""
     if not scores:
         return []
-    names = [n for part in scores for n in part.split(",") if n]
-    selection = "neglabel" if "neglabel" in names else names[0]
+    from harness.preflight import SELECTABLE_INPUTS
+    from harness.scores import SCORE_SPECS
+
+    names = list(dict.fromkeys(n for part in scores for n in part.split(",") if n))
+    selectable = [n for n in names if n in SCORE_SPECS and SCORE_SPECS[n].needs <= SELECTABLE_INPUTS]
+    selection = "neglabel" if "neglabel" in selectable else (selectable or ["mcm"])[0]
+    if selection not in names:
+        names.append(selection)
     return ["eval.scores=[" + ",".join(names) + "]", f"eval.selection_score={selection}"]
 
 

@@ -140,7 +140,7 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
         summary = {"status": "finished", "epochs": history, "train_s": train_s, "resumed_from_epoch": resumed_from,
                    **facts, **train_bad_counts(cfg, history)}
         encode_s = time.perf_counter() - eval_start
-        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
+        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device, cache))
         eval_start = time.perf_counter()
         summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings, cache))
         log(f"[{cfg.name}] {cache.summary()}")
@@ -173,7 +173,7 @@ def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=prin
     embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
     summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
                "device": ctx.device.type, **(extra or {})}
-    summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device))
+    summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device, cache))
     summary.update(test(cfg, paths, bundle, model, classnames, ctx.device, embeddings, cache))
     summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
     summary.update(eval_s=time.perf_counter() - started, wall_s=time.perf_counter() - started,
@@ -362,11 +362,13 @@ def link_into_run(cache_file: Path, run_file: Path) -> None:
     os.replace(tmp, run_file)
 
 
-def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) -> dict[str, float]:
-    """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set."""
+def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
+             cache: embed_cache.EmbeddingCache | None = None) -> dict[str, float]:
+    """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set.
+    ``cache``: the final weights' embedding cache (None during training: the weights change)."""
     text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
-    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache=None)
-    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache=None)
+    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache)
+    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache)
     score = cfg.eval.selection_score
     ood_cfg = cfg.eval.model_copy(update={"scores": (score,)})
     metrics = evaluate.ood_table(evaluate.compute_scores(id_emb.features, text, ood_cfg, cfg.seed),

@@ -58,3 +58,15 @@ def test_csp_selection_drops_person_group_quantity_and_pert():
     assert csp.counts["adj_synsets_selected"] < base.counts["adj_synsets_selected"]
     with pytest.raises(wordnet.WordNetError, match="mode"):
         wordnet.select(wordnet.DEFAULT_DIR, mode="other")
+
+
+def test_selection_score_must_be_computable_every_epoch():
+    from harness import evaluate_weights, preflight
+
+    preflight.check_selection_score("neglabel")
+    for name in ("adaneg", "gl_mcm", "knn", "odin"):
+        with pytest.raises(preflight.PreflightError, match="eval.selection_score"):
+            preflight.check_selection_score(name)
+    assert evaluate_weights.score_overrides(["gl_mcm,knn"]) == ["eval.scores=[gl_mcm,knn,mcm]",
+                                                                "eval.selection_score=mcm"]
+    assert evaluate_weights.score_overrides(["odin", "csp"])[1] == "eval.selection_score=csp"
