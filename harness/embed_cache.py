@@ -57,6 +57,10 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def file_checksum(path: Path | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path is not None else None
+
+
 def manifest_checksum(dataset_dir: Path) -> str:
     return hashlib.sha256((Path(dataset_dir) / "manifest.json").read_bytes()).hexdigest()
 
@@ -74,6 +78,12 @@ class EmbeddingCache:
                           "what": what, **params}, sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.root / self.weights[:16] / f"{Path(dataset_dir).name}.{what}.{digest}.pt"
+
+    def text_path(self, **params) -> Path:
+        """The entry of a text side (class prompts, mined negatives) of these weights: ``params``
+        name everything it depends on (prompts, the negative files' checksums, mining settings)."""
+        key = json.dumps({"weights": self.weights, **self.facts, "what": "text", **params}, sort_keys=True, default=str)
+        return self.root / self.weights[:16] / f"text.{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
     def get_or_build(self, path: Path, build: Callable[[], object]) -> object:
         """The entry at ``path``, built once by whoever holds its lock first."""

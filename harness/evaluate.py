@@ -61,19 +61,25 @@ class TextSide:
     classnames: tuple[str, ...] = ()
     csp_features: torch.Tensor | None = None  # (M', D) CSP's conjugated pool, when the csp score is selected
 
+    def as_dict(self) -> dict:
+        return {"class_features": self.class_features, "negative_features": self.negative_features,
+                "negative_labels": list(self.negative_labels), "logit_scale": self.logit_scale,
+                "classnames": list(self.classnames), "csp_features": self.csp_features}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TextSide":
+        return cls(data["class_features"], data["negative_features"], list(data["negative_labels"]),
+                   float(data["logit_scale"]), tuple(data["classnames"]), data.get("csp_features"))
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save({"class_features": self.class_features, "negative_features": self.negative_features,
-                    "negative_labels": list(self.negative_labels), "logit_scale": self.logit_scale,
-                    "classnames": list(self.classnames), "csp_features": self.csp_features}, tmp)
+        torch.save(self.as_dict(), tmp)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "TextSide":
-        data = torch.load(path, weights_only=True)
-        return cls(data["class_features"], data["negative_features"], list(data["negative_labels"]),
-                   float(data["logit_scale"]), tuple(data["classnames"]), data.get("csp_features"))
+        return cls.from_dict(torch.load(path, weights_only=True))
 
 
 @torch.no_grad()

@@ -362,11 +362,26 @@ def link_into_run(cache_file: Path, run_file: Path) -> None:
     os.replace(tmp, run_file)
 
 
+def text_side(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
+              cache: embed_cache.EmbeddingCache | None) -> evaluate.TextSide:
+    """The class prompts and mined negatives of this model, from the cache of its weights when given."""
+    build = lambda: evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval,  # noqa: E731
+                                             paths.negatives(cfg), device, csp_path=paths.csp_negatives(cfg))
+    if cache is None:
+        return build()
+    e = cfg.eval
+    path = cache.text_path(classnames=list(classnames), prompts=[e.eval_prompt, e.noun_prompt, e.adjective_prompt],
+                           negatives=embed_cache.file_checksum(paths.negatives(cfg)),
+                           csp=embed_cache.file_checksum(paths.csp_negatives(cfg)) if "csp" in e.scores else None,
+                           with_csp="csp" in e.scores, percentile=e.neg_percentile, ratio=e.neg_ratio)
+    return evaluate.TextSide.from_dict(cache.get_or_build(path, lambda: build().as_dict()))
+
+
 def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
              cache: embed_cache.EmbeddingCache | None = None) -> dict[str, float]:
     """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set.
     ``cache``: the final weights' embedding cache (None during training: the weights change)."""
-    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
+    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
     id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache)
     ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache)
     score = cfg.eval.selection_score
@@ -393,8 +408,7 @@ def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
     ``skipped_scores``: selected scores this run's model cannot provide inputs for, with the reason.
     """
     cache = cache or model_cache(cfg, bundle, model)
-    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device,
-                                    csp_path=paths.csp_negatives(cfg))
+    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
     if embeddings is None:
         embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache)
                       for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test))}
