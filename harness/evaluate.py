@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from harness import allocator, metrics, negatives
+from harness.classifier import Classifier
 from harness.config import EvalConfig
 from harness.data.badsamples import BadDataError
 from harness.data.pipeline import eval_pipeline
@@ -53,20 +54,33 @@ class TextSide:
     negative_labels: list[str]
     logit_scale: float
     classnames: tuple[str, ...] = ()
+    head_weight: torch.Tensor | None = None  # (C, D) the method's linear head, when it has one
+    head_bias: torch.Tensor | None = None  # (C,)
+
+    @property
+    def classifier(self) -> Classifier:
+        """The method's ID classifier (harness.classifier): class_features and logits()."""
+        return Classifier(self.class_features, self.logit_scale, self.head_weight, self.head_bias)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(N, C) ID logits: the method's head, else the cosine logits x the logit scale."""
+        return self.classifier.logits(image_features)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        head = {} if self.head_weight is None else {"head_weight": self.head_weight, "head_bias": self.head_bias}
         torch.save({"class_features": self.class_features, "negative_features": self.negative_features,
                     "negative_labels": list(self.negative_labels), "logit_scale": self.logit_scale,
-                    "classnames": list(self.classnames)}, tmp)
+                    "classnames": list(self.classnames), **head}, tmp)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "TextSide":
         data = torch.load(path, weights_only=True)
         return cls(data["class_features"], data["negative_features"], list(data["negative_labels"]),
-                   float(data["logit_scale"]), tuple(data["classnames"]))
+                   float(data["logit_scale"]), tuple(data["classnames"]), data.get("head_weight"),
+                   data.get("head_bias"))
 
 
 @torch.no_grad()
@@ -106,9 +120,15 @@ def cached_embeddings(cache: Path, encode: Callable[[], Embeddings]) -> Embeddin
 
 
 def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: EvalConfig,
-                    negatives_path: Path, device: torch.device | str = "cpu") -> TextSide:
-    """Encode the ID class prompts and mine the negative labels with this model."""
-    class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames], device=device)
+                    negatives_path: Path, device: torch.device | str = "cpu",
+                    classifier: Classifier | None = None) -> TextSide:
+    """Encode the ID class prompts (or take a method's ``classifier``: its class features and head)
+    and mine the negative labels with this model's text encoder."""
+    if classifier is None:
+        class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames],
+                                      device=device)
+        classifier = Classifier(class_features, float(model.logit_scale.exp().item()))
+    class_features = classifier.class_features
     candidates = negatives.read_candidates(negatives_path)
     id_words = {c.lower() for c in classnames}
     candidates = [c for c in candidates if c.word.lower() not in id_words]  # an ID label is never a negative
@@ -119,8 +139,8 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     else:
         keep = negatives.mine(class_features, cand_features, [c.kind for c in candidates],
                               cfg.neg_percentile, cfg.neg_ratio)
-    scale = float(model.logit_scale.exp().item())
-    return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], scale, tuple(classnames))
+    return TextSide(class_features, cand_features[keep], [candidates[i].word for i in keep], classifier.logit_scale,
+                    tuple(classnames), classifier.head_weight, classifier.head_bias)
 
 
 def compute_scores(features: torch.Tensor, text: TextSide, cfg: EvalConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -133,13 +153,13 @@ def compute_scores(features: torch.Tensor, text: TextSide, cfg: EvalConfig, seed
         elif spec.needs == "text+negatives":
             out[name] = spec.fn(features, text.class_features, text.negative_features,
                                 temperature=cfg.neg_temperature, groups=cfg.neg_groups, seed=seed)
-        else:  # classifier-head scores on the zero-shot classifier's logits
-            out[name] = spec.fn(text.logit_scale * features @ text.class_features.T)
+        else:  # classifier-head scores on the method's classifier's logits (its head, or cos x scale)
+            out[name] = spec.fn(text.logits(features))
     return out
 
 
 def id_accuracy(emb: Embeddings, text: TextSide) -> float:
-    return metrics.accuracy(emb.features @ text.class_features.T, emb.labels)
+    return metrics.accuracy(text.logits(emb.features), emb.labels)
 
 
 def ood_table(id_scores: dict[str, torch.Tensor], ood_scores: dict[str, dict[str, torch.Tensor]]) -> list[dict]:
