@@ -110,6 +110,12 @@ class Method:
         self.params = params
 
     @classmethod
+    def example(cls, checkpoint: str) -> dict:
+        """A ``method:`` section for a smoke run of this method (tests run every registered method
+        with it); ``checkpoint``: a finished run's checkpoint directory, for methods that need one."""
+        return {"name": cls.name}
+
+    @classmethod
     def check_config(cls, cfg) -> None:
         """Raise ValueError when the rest of ``cfg`` does not suit this method's parameters."""
 

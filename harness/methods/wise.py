@@ -45,6 +45,10 @@ class WiseFt(Method):
     Params = WiseFtParams
     trains = False
 
+    @classmethod
+    def example(cls, checkpoint: str) -> dict:
+        return {"name": cls.name, "source": checkpoint, "alpha": 0.5}
+
     def extend(self, model, setup):
         section, clip_state, extra_state = load_saved(source_dir(self.params.source, setup.run_dir.parent))
         if section.name == self.name:
