@@ -141,7 +141,14 @@ def ray_methods(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("methods")
     torch.manual_seed(0)
     start = models.save_weights(models.build(ARCH, None).model, tmp / "start.pt")
-    ray_layer.init(None, num_cpus=2)
+    for attempt in range(3):  # a loaded machine can miss Ray's 30 s raylet start-up wait
+        try:
+            ray_layer.init(None, num_cpus=2)
+            break
+        except Exception:
+            ray_layer.shutdown()
+            if attempt == 2:
+                raise
     out = tmp / "out"
     base = _base(world, start, tmp)
     cfg = config.from_dict(base, {"method": {"name": "flyp"}})
