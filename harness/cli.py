@@ -17,7 +17,7 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
     if needs_config:
         parser.add_argument("config", type=Path, help="experiment YAML (e.g. sweeps/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set loss.lam=0.01 (repeatable)")
+                        help="override a config value, e.g. --set method.name=cma --set method.lam=0.01 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<name>)")
     parser.add_argument("--address", default=None,
                         help="address of an existing Ray cluster (default: start a local one)")
@@ -28,8 +28,11 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness import methods
+
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
     _common(sub.add_parser("demo", help="the whole benchmark on the embedded synthetic data"), needs_config=False)
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an --out directory, or its results/ subdirectory (several: one report over all)")
     rep.add_argument("--output", type=Path, default=None,
                      help="markdown file (default with one DIR: <out>/report.md; required with several)")
-    rep.add_argument("--method", action="append", default=[], choices=("zero-shot", "flyp", "cma"),
+    rep.add_argument("--method", action="append", default=[], choices=methods.names(),
                      help="keep only this method's runs (repeatable)")
     rep.add_argument("--score", action="append", default=[], help="keep only this score, e.g. neglabel (repeatable)")
     rep.add_argument("--suite", action="append", default=[], help="keep only this suite, e.g. mos (repeatable)")
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "methods":
+            from harness import methods
+
+            print(methods.describe())
+            return 0
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args))
         # Every check that needs no compute, before any is spent (names the field and what is allowed).

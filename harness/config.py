@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -68,10 +68,21 @@ class DataConfig(_Section):
     or short shard) and counts them; the run fails when more than this share of what it read was bad."""
 
 
-class LossConfig(_Section):
-    name: Literal["cma", "clip"] = "cma"
-    lam: float = Field(0.0, ge=0)
-    """CMA weight; 0 is FLYP (the symmetric CLIP contrastive loss)."""
+class MethodParams(_Section):
+    """The ``method:`` section: ``name`` picks a registered method (harness.methods), whose own
+    subclass of this types the rest (e.g. ``lam`` for cma); `harness methods` lists them."""
+
+    name: str
+
+    def __call__(self) -> str:
+        """The method's registered name: ``cfg.method()`` is what a run records (ids, tables, MLflow)."""
+        return self.name
+
+
+def _method_section(value: Any) -> MethodParams:
+    from harness import methods  # the registry imports this module for MethodParams
+
+    return methods.params(value)
 
 
 class OptimConfig(_Section):
@@ -193,7 +204,7 @@ class SearchConfig(_Section):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     space: dict[str, ParamSpace] = Field(default_factory=dict)
-    """Dotted config keys (e.g. loss.lam) -> their distribution."""
+    """Dotted config keys (e.g. method.lam, method.name, or method: whole sections) -> their distribution."""
     metric: Literal["val_objective", "val_auroc", "val_fpr95", "val_id_accuracy"] = "val_objective"
     mode: Literal["max", "min"] = "max"
 
@@ -213,7 +224,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     data: DataConfig = DataConfig()
-    loss: LossConfig = LossConfig()
+    method: SerializeAsAny[MethodParams] = Field(default_factory=lambda: _method_section({"name": "flyp"}))
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
@@ -221,24 +232,53 @@ class Config(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig = SearchConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_loss_section(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "loss" in data:
+            raise ValueError(_LOSS_GONE.format(**_loss_advice(data["loss"])))
+        return data
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _typed_method(cls, value: Any) -> MethodParams:
+        return _method_section(value)
+
     @model_validator(mode="after")
     def _space_keys_exist(self) -> "Config":
+        from harness import methods
+
         for key in self.search.space:
             if key.startswith("search.") or key == "name":
                 raise ValueError(f"search.space: {key!r} cannot be searched")
-            _check_path(self.model_dump(), key, where="search.space")
+            if key != "method" and not key.startswith("method."):
+                _check_path(self.model_dump(), key, where="search.space")
+        methods.check_space(self.method, self.search.space)
+        methods.get(self.method.name).check_config(self)
         return self
 
-    def method(self) -> str:
-        """zero-shot (no training), flyp (lam = 0) or cma."""
-        if self.schedule.epochs == 0:
-            return "zero-shot"
-        return "flyp" if self.loss.lam == 0 else "cma"
-
     def fingerprint(self) -> str:
-        """Short hash of everything that changes the science (not tracking or resources)."""
-        data = self.model_dump(mode="json", exclude={"tracking", "resources", "search", "name"})
+        """Short hash of everything that changes the science (not tracking or resources; nor the
+        schedule and optimiser for a method that does not train, so its runs share one id)."""
+        from harness import methods
+
+        exclude = {"tracking", "resources", "search", "name"}
+        if not methods.get(self.method.name).trains:
+            exclude |= {"schedule", "optim"}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+_LOSS_GONE = ("the loss: section is gone; the method: section names the method and takes its parameters. "
+              "Write instead:  method: {{name: {name}{extra}}}  (or --set method.name={name}{set_extra}); "
+              "`harness methods` lists every method with its parameters")
+
+
+def _loss_advice(loss: Any) -> dict[str, str]:
+    lam = loss.get("lam", 0) if isinstance(loss, dict) else 0
+    if not lam:
+        return {"name": "flyp", "extra": "", "set_extra": ""}
+    return {"name": "cma", "extra": f", lam: {lam}", "set_extra": f" --set method.lam={lam}"}
 
 
 def _check_path(tree: dict, dotted: str, where: str) -> None:
@@ -253,7 +293,7 @@ def _check_path(tree: dict, dotted: str, where: str) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"loss.lam=0.1"`` -> ``("loss.lam", 0.1)``; the value is read as a YAML scalar or list."""
+    """``"method.lam=0.1"`` -> ``("method.lam", 0.1)``; the value is read as a YAML scalar or list."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
@@ -285,6 +325,8 @@ def _describe(err: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "<top>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_allowed_hint(item['loc'])}")
+        elif item["type"] == "value_error" and key in ("<top>", "method"):  # the message names its own key
+            lines.append(item["msg"].removeprefix("Value error, "))
         elif item["type"] == "literal_error":
             lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
         else:
@@ -325,6 +367,14 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     return from_dict(tree, overrides)
+
+
+def to_tree(cfg: Config) -> dict:
+    """The config as a plain tree that overrides apply to: its method section as written (name and the
+    parameters off their defaults), so that a search may swap ``method.name``."""
+    from harness import methods
+
+    return {**cfg.model_dump(mode="json"), "method": methods.minimal(cfg.method)}
 
 
 def to_yaml(cfg: Config) -> str:

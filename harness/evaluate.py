@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from harness import allocator, metrics, negatives
+from harness.classifier import Classifier
 from harness.config import EvalConfig
 from harness.data.badsamples import BadDataError
 from harness.data.pipeline import eval_pipeline
@@ -59,17 +60,30 @@ class TextSide:
     negative_labels: list[str]
     logit_scale: float
     classnames: tuple[str, ...] = ()
+    head_weight: torch.Tensor | None = None  # (C, D) the method's linear head, when it has one
+    head_bias: torch.Tensor | None = None  # (C,)
     csp_features: torch.Tensor | None = None  # (M', D) CSP's conjugated pool, when the csp score is selected
 
+    @property
+    def classifier(self) -> Classifier:
+        """The method's ID classifier (harness.classifier): class_features and logits()."""
+        return Classifier(self.class_features, self.logit_scale, self.head_weight, self.head_bias)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(N, C) ID logits: the method's head, else the cosine logits x the logit scale."""
+        return self.classifier.logits(image_features)
+
     def as_dict(self) -> dict:
+        head = {} if self.head_weight is None else {"head_weight": self.head_weight, "head_bias": self.head_bias}
         return {"class_features": self.class_features, "negative_features": self.negative_features,
                 "negative_labels": list(self.negative_labels), "logit_scale": self.logit_scale,
-                "classnames": list(self.classnames), "csp_features": self.csp_features}
+                "classnames": list(self.classnames), "csp_features": self.csp_features, **head}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextSide":
         return cls(data["class_features"], data["negative_features"], list(data["negative_labels"]),
-                   float(data["logit_scale"]), tuple(data["classnames"]), data.get("csp_features"))
+                   float(data["logit_scale"]), tuple(data["classnames"]), data.get("head_weight"),
+                   data.get("head_bias"), data.get("csp_features"))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +133,16 @@ def cached_embeddings(cache: Path, encode: Callable[[], Embeddings]) -> Embeddin
 
 
 def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: EvalConfig,
-                    negatives_path: Path, device: torch.device | str = "cpu", csp_path: Path | None = None) -> TextSide:
-    """Encode the ID class prompts and mine the negative labels with this model (and CSP's
-    conjugated pool when the csp score is selected: ``csp_path``, else conjugated in-process)."""
-    class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames], device=device)
+                    negatives_path: Path, device: torch.device | str = "cpu", csp_path: Path | None = None,
+                    classifier: Classifier | None = None) -> TextSide:
+    """Encode the ID class prompts (or take a method's ``classifier``: its class features and head)
+    and mine the negative labels with this model's text encoder (and CSP's conjugated pool when the
+    csp score is selected: ``csp_path``, else conjugated in-process)."""
+    if classifier is None:
+        class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames],
+                                      device=device)
+        classifier = Classifier(class_features, float(model.logit_scale.exp().item()))
+    class_features = classifier.class_features
     candidates = negatives.read_candidates(negatives_path)
     mined = negatives.is_mined(negatives_path)
     features, labels = _mined_pool(model, tokenizer, classnames, cfg, class_features, candidates, mined, device)
@@ -131,8 +151,8 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
         pool = negatives.read_candidates(csp_path) if csp_path else candidates + negatives.conjugate(candidates)
         csp, _ = _mined_pool(model, tokenizer, classnames, cfg, class_features, pool,
                              bool(csp_path) and negatives.is_mined(csp_path), device)
-    scale = float(model.logit_scale.exp().item())
-    return TextSide(class_features, features, labels, scale, tuple(classnames), csp)
+    return TextSide(class_features, features, labels, classifier.logit_scale, tuple(classnames),
+                    classifier.head_weight, classifier.head_bias, csp)
 
 
 def _mined_pool(model, tokenizer, classnames, cfg: EvalConfig, class_features, candidates, mined: bool, device):
@@ -150,8 +170,11 @@ def _mined_pool(model, tokenizer, classnames, cfg: EvalConfig, class_features, c
 def score_inputs(features: torch.Tensor, text: TextSide, provided: dict | None = None) -> ScoreInputs:
     """What every set offers the scores, plus what the evaluator ``provided`` (logits, train_features,
     extra per-image results)."""
+    provided = dict(provided or {})
+    if text.head_weight is not None:  # head scores on the method's own head (else logit_scale x cosine)
+        provided.setdefault("logits", text.logits(features))
     return ScoreInputs(features=features, class_text=text.class_features, logit_scale=text.logit_scale,
-                       negatives=text.negative_features, csp_negatives=text.csp_features, **(provided or {}))
+                       negatives=text.negative_features, csp_negatives=text.csp_features, **provided)
 
 
 def compute_scores(features: torch.Tensor, text: TextSide, cfg: EvalConfig, seed: int = 0,
@@ -175,7 +198,7 @@ def stream_scores(id_features: torch.Tensor, ood_features: torch.Tensor, text: T
 
 
 def id_accuracy(emb: Embeddings, text: TextSide) -> float:
-    return metrics.accuracy(emb.features @ text.class_features.T, emb.labels)
+    return metrics.accuracy(text.logits(emb.features), emb.labels)
 
 
 def ood_table(id_scores: dict[str, torch.Tensor], ood_scores: dict[str, dict[str, torch.Tensor]],

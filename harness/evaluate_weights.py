@@ -55,7 +55,7 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
         if not checkpoint.is_file():
             raise SourceError(f"--weights {run_dir}: no checkpoint/model.pt (not a finished run directory)")
         return Source(cfg, checkpoint, f"run {run_dir.name}")
-    base = [f"model.pretrained={weights}", "schedule.epochs=0"] + ([f"model.arch={arch}"] if arch else [])
+    base = [f"model.pretrained={weights}", "method={name: zero-shot}"] + ([f"model.arch={arch}"] if arch else [])
     cfg = config_mod.load(None, base + list(overrides))
     if path.is_file():
         return Source(cfg, path.resolve(), "checkpoint")

@@ -31,7 +31,7 @@ def check_run(cfg: Config, out: Path, address: str | None, sweep: bool) -> Path:
     check_name(cfg.name)
     if sweep and not cfg.search.space:
         raise PreflightError("search.space: empty, nothing to sweep (give one or more dotted keys, "
-                             "e.g. loss.lam: {grid: [0, 0.1]}; or use `harness train` for one run)")
+                             "e.g. method.name: {grid: [flyp, lp]}; or use `harness train` for one run)")
     check_tracking_uri(cfg.tracking.mlflow_uri)
     if address:
         check_address(address)

@@ -32,12 +32,11 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, embed_cache, engine, evaluate, gap, models, score_inputs
+from harness import checkpoint, embed_cache, engine, evaluate, gap, methods, models, score_inputs
 from harness.config import Config, SearchConfig
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
-from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
+from harness.data.pipeline import CountedBatches, loader, train_pipeline
 from harness.data.shards import check_class_lists, read_manifest
-from harness.losses import CMALoss
 from harness.paths import write_text_atomic
 
 RESULT, FAILED = "result.json", "failed.json"
@@ -101,35 +100,45 @@ def run(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print) -> dict
     if ctx.rank == 0:
         (paths.run_dir / FAILED).unlink(missing_ok=True)  # an earlier attempt's
     train_manifest = read_manifest(paths.dataset(cfg.data.train))
+    method = methods.build(cfg.method)
+    trains = bool(method.stages(cfg))
+    keys = method.train_keys(train_manifest, cfg) if trains else None
+    samples = len(keys) if keys is not None else train_manifest.num_samples
     global_batch = cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation
-    steps = train_manifest.num_samples // global_batch
-    if cfg.schedule.epochs and steps == 0:
+    steps = samples // global_batch
+    if trains and steps == 0:
         raise ValueError(f"global batch {global_batch} (data.batch_size x {ctx.world_size} workers x "
-                         f"accumulation) exceeds the {train_manifest.num_samples} samples of {cfg.data.train}")
+                         f"accumulation) exceeds the {samples} training samples of {cfg.data.train}")
     facts = {"global_batch": global_batch, "steps_per_epoch": steps, "world_size": ctx.world_size,
-             "device": ctx.device.type}  # cpu / cuda: what the cost section charges accelerator-hours for
+             "device": ctx.device.type,  # cpu / cuda: what the cost section charges accelerator-hours for
+             "method": method.name, "train_samples": samples}
     try:
-        return _train_and_evaluate(cfg, paths, ctx, train_manifest, facts, started, log)
+        return _train_and_evaluate(cfg, paths, ctx, method, train_manifest, keys, facts, started, log)
     except RunStopped as stop:
         if ctx.world_size > 1 and not stop.collective:
             raise  # only this rank knows: the others would wait for it forever
         return _stopped(cfg, paths, ctx, stop, facts, started, log)
 
 
-def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, train_manifest, facts: dict,
-                        started: float, log) -> dict | None:
+def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, method: methods.Method,
+                        train_manifest, keys: frozenset[str] | None, facts: dict, started: float,
+                        log) -> dict | None:
     history: list[dict] = []
     try:
         classnames = check_class_lists({name: read_manifest(paths.dataset(name))
                                         for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
         bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
                               quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
-        model = ctx.prepare_model(bundle.model)
+        bare = methods.MethodModel(bundle.model, method)
+        method.extend(bare, methods.Setup(bundle, classnames, cfg, paths.run_dir))
         resumed_from = None
-        if cfg.schedule.epochs:
-            history, resumed_from = train(cfg, paths, ctx, bundle, model, train_manifest, facts["steps_per_epoch"], log)
+        if method.stages(cfg):
+            history, resumed_from = train(cfg, paths, ctx, bundle, bare, train_manifest, facts["steps_per_epoch"],
+                                          log, keys)
+        else:
+            bare.to(ctx.device)
+        facts.update(method.facts())
         train_s = time.perf_counter() - started
-        bare = models.unwrap(model)
         eval_start = time.perf_counter()
         # Every rank encodes its share of the test sets; rank 0 receives them whole.
         cache = model_cache(cfg, bundle, bare, log)
@@ -151,8 +160,7 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
     summary["eval_encoded_by_rank"] = encoded_by_rank
     summary["wall_s"] = time.perf_counter() - started
     final_dir = paths.run_dir / "checkpoint"
-    models.save_weights(bare, final_dir / "model.pt")
-    summary["checkpoint"] = str(final_dir / "model.pt")
+    summary["checkpoint"] = str(methods.save(bare, final_dir))
     write_json(paths.run_dir / RESULT, summary)
     ctx.report(tune_metrics(summary), str(final_dir))
     return summary
@@ -168,7 +176,8 @@ def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=prin
                                     for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
     bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
                           quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
-    model = bundle.model.to(ctx.device)
+    model = _with_method(cfg, paths, bundle, classnames)
+    model.to(ctx.device)
     cache = model_cache(cfg, bundle, model, log)
     embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
     summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
@@ -183,6 +192,18 @@ def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=prin
         summary["checkpoint"] = str(paths.weights)
     write_json(paths.run_dir / RESULT, summary)
     return summary
+
+
+def _with_method(cfg: Config, paths: RunPaths, bundle, classnames) -> methods.MethodModel:
+    """The CLIP inside its method's model; a final checkpoint directory's method.pt (a head, learned
+    prompts) is loaded into it when the weights come from one."""
+    method = methods.build(cfg.method)
+    model = methods.MethodModel(bundle.model, method)
+    method.extend(model, methods.Setup(bundle, classnames, cfg, paths.run_dir))
+    extra = paths.weights.parent / "method.pt" if paths.weights else None
+    if extra is not None and extra.is_file():
+        model.extra.load_state_dict(torch.load(extra, weights_only=True, map_location="cpu"))
+    return model
 
 
 def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStopped, facts: dict,
@@ -204,59 +225,98 @@ def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStop
 def train_bad_counts(cfg: Config, history: list[dict]) -> dict[str, int]:
     """Bad training samples skipped over the epochs of ``history``, in total and per reason
     (none for a run that does not train)."""
-    if not cfg.schedule.epochs:
+    if not methods.build(cfg.method).stages(cfg):
         return {}
     out = {"bad_samples_train": sum(int(h.get("bad_samples", 0)) for h in history)}
     out.update({f"bad_samples_train_{r}": sum(int(h.get(f"bad_samples_{r}", 0)) for h in history) for r in REASONS})
     return out
 
 
-def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, manifest, steps: int,
-          log=print) -> tuple[list[dict], int | None]:
-    """The epochs, resuming from ``ctx.restore()`` when a checkpoint exists; returns
-    (per-epoch metrics, the epoch resumed from or None)."""
-    optimizer = engine.make_optimizer(model, cfg.optim)
-    scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * cfg.schedule.epochs)
-    history, done = [], 0
-    state = ctx.restore()
+def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model: methods.MethodModel, manifest,
+          steps: int, log=print, keys: frozenset[str] | None = None) -> tuple[list[dict], int | None]:
+    """The method's stages (harness.methods: which parameters train for how many epochs), resuming
+    from ``ctx.restore()`` when a checkpoint exists, in either stage; ``model``: the bare model
+    (each stage wraps it with ``ctx.prepare_model``); ``keys``: the training samples to use (None:
+    all). Returns (per-epoch metrics, the epoch resumed from or None)."""
+    method, stages = model._method, model._method.stages(cfg)
+    history, done, state = [], 0, ctx.restore()
     if state is not None:
-        checkpoint.restore(state, model, optimizer, scheduler)
+        checkpoint.restore(state, model)
         history, done = list(state["history"]), int(state["epoch"])
         log(f"[{cfg.name}] resuming after epoch {done} (step {state['step']})")
-    loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
-    planned = steps * cfg.schedule.epochs * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
+    total = sum(stage.epochs for stage in stages)
+    planned = steps * total * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
     batches = CountedBatches(loader(train_pipeline(
-        manifest.shards, bundle.train_transform, class_prompt(manifest.classnames, cfg.eval.train_prompt),
+        manifest.shards, bundle.train_transform, method.caption(manifest.classnames, cfg, ctx.rank),
         bundle.tokenizer, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.data.shuffle_buffer,
-        start_epoch=done, shard_samples=manifest.shard_samples), cfg.data.loader_workers),
+        start_epoch=done, shard_samples=manifest.shard_samples, keys=keys), cfg.data.loader_workers),
         give_up_after=planned, where=f"{cfg.data.train} (rank {ctx.rank})")
-    every, seen, epoch = cfg.schedule.checkpoint_every, BadSamples(), done
-    try:
-        for epoch in range(done + 1, cfg.schedule.epochs + 1):
-            metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
-                                         cfg.model.precision, cfg.schedule.accumulation)
-            metrics.update(epoch=epoch, step=epoch * steps,
-                           global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
-            bad = _gathered_bad(batches, ctx)
-            seen.add(bad)
-            metrics.update(bad_samples=bad.total, **{f"bad_samples_{r}": n for r, n in bad.by_reason().items()})
-            history.append(metrics)
-            check_bad_fraction(cfg, history, steps * metrics["global_batch"], seen)  # the same verdict on every rank
-            if ctx.rank == 0:
-                metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
-                log(f"[{cfg.name}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
-                    f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
-                    f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
-            resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs
-            with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
-                saved = checkpoint.save(Path(tmp), model, optimizer, scheduler, epoch, epoch * steps, history) \
-                    if resumable else None
-                ctx.report(metrics, str(saved) if saved else None)
-    except engine.Diverged as err:  # every rank diverges at the same step (train_step agrees across ranks)
-        raise RunStopped("diverged", ValueError(f"{err} of epoch {epoch}"), history, collective=True) from err
-    except BadDataError as err:
-        raise RunStopped("failed", err, history, err.collective) from err
+    loop = _EpochLoop(cfg, paths, ctx, bundle, model, manifest, batches, steps, total, history, log)
+    first = 1
+    for index, stage in enumerate(stages):
+        last = first + stage.epochs - 1
+        if last > done:
+            resume = state if state is not None and int(state.get("stage", 0)) == index and done >= first else None
+            loop.stage(index, stage, range(max(first, done + 1), last + 1), resume)
+        first = last + 1
     return history, (done or None)
+
+
+@dataclass
+class _EpochLoop:
+    """The epochs of one run, stage by stage: every method's training goes through :meth:`stage`."""
+
+    cfg: Config
+    paths: RunPaths
+    ctx: engine.RunContext
+    bundle: typing.Any
+    model: methods.MethodModel
+    manifest: typing.Any
+    batches: CountedBatches
+    steps: int
+    total: int
+    history: list[dict]
+    log: typing.Callable
+
+    def stage(self, index: int, stage: methods.Stage, epochs: range, resume: dict | None) -> None:
+        """Train ``stage``'s parameters (the rest frozen) over ``epochs``; ``resume``: a checkpoint of this
+        stage whose optimiser and schedule continue."""
+        cfg, ctx, steps = self.cfg, self.ctx, self.steps
+        methods.set_trainable(self.model, stage.trainable)
+        wrapped = ctx.prepare_model(self.model)  # DDP tracks the parameters that train now
+        optimizer = engine.make_optimizer(wrapped, cfg.optim)
+        scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * stage.epochs)
+        if resume is not None:
+            checkpoint.restore_optimizer(resume, optimizer, scheduler)
+        objective = self.model._method.objective(ctx)
+        every, seen, epoch = cfg.schedule.checkpoint_every, BadSamples(), epochs.start - 1
+        where = f" ({stage.name})" if len(self.model._method.stages(cfg)) > 1 else ""
+        try:
+            for epoch in epochs:
+                metrics = engine.train_epoch(wrapped, self.batches, steps, objective, optimizer, scheduler, ctx,
+                                             cfg.model.precision, cfg.schedule.accumulation)
+                metrics.update(epoch=epoch, step=epoch * steps,
+                               global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
+                bad = _gathered_bad(self.batches, ctx)
+                seen.add(bad)
+                metrics.update(bad_samples=bad.total, **{f"bad_samples_{r}": n for r, n in bad.by_reason().items()})
+                self.history.append(metrics)
+                check_bad_fraction(cfg, self.history, steps * metrics["global_batch"], seen)  # same on every rank
+                if ctx.rank == 0:
+                    metrics.update(validate(cfg, self.paths, self.bundle, self.model, self.manifest.classnames,
+                                            ctx.device))
+                    self.log(f"[{cfg.name}] epoch {epoch}/{self.total}{where} loss {metrics['train_loss']:.4f} "
+                             f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
+                             f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
+                resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < self.total
+                with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
+                    saved = checkpoint.save(Path(tmp), wrapped, optimizer, scheduler, epoch, epoch * steps,
+                                            self.history, stage=index) if resumable else None
+                    ctx.report(metrics, str(saved) if saved else None)
+        except engine.Diverged as err:  # every rank diverges at the same step (train_step agrees across ranks)
+            raise RunStopped("diverged", ValueError(f"{err} of epoch {epoch}"), self.history, collective=True) from err
+        except BadDataError as err:
+            raise RunStopped("failed", err, self.history, err.collective) from err
 
 
 def _gathered_bad(batches: CountedBatches, ctx: engine.RunContext) -> BadSamples:
@@ -364,9 +424,16 @@ def link_into_run(cache_file: Path, run_file: Path) -> None:
 
 def text_side(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
               cache: embed_cache.EmbeddingCache | None) -> evaluate.TextSide:
-    """The class prompts and mined negatives of this model, from the cache of its weights when given."""
-    build = lambda: evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval,  # noqa: E731
-                                             paths.negatives(cfg), device, csp_path=paths.csp_negatives(cfg))
+    """The class side every score uses: the method's classifier and the negative labels mined with the
+    model's text encoder, from the cache of its weights when given (the digest covers a method's head
+    and learned prompts)."""
+    method = getattr(model, "_method", None)
+
+    def build():  # the method's classifier (harness.classifier; a bare CLIP's class prompts) + the negatives
+        classifier = method.classifier(model, bundle.tokenizer, classnames, cfg.eval, device) if method else None
+        return evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device,
+                                        csp_path=paths.csp_negatives(cfg), classifier=classifier)
+
     if cache is None:
         return build()
     e = cfg.eval

@@ -28,7 +28,8 @@ def available_inputs(model, cfg_eval, has_train: bool) -> set[str]:
     out = set(ALWAYS) | {"model"}
     if "csp" in cfg_eval.scores:
         out.add("csp_negatives")
-    if hasattr(model.visual, "_embeds") and hasattr(model.visual, "transformer"):
+    visual = getattr(model, "clip", model).visual  # a methods.MethodModel holds the CLIP as .clip
+    if hasattr(visual, "_embeds") and hasattr(visual, "transformer"):
         out.add("patches")
     if has_train:
         out.add("train_features")
@@ -58,13 +59,10 @@ def _per_image(dataset_dir: Path, bundle, cfg_eval, device, fn: Callable[[torch.
                       for images, _, _ in _batches(dataset_dir, bundle, cfg_eval)])
 
 
-def zero_shot_classifier(model, text) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images -> logit_scale x cosine to the class prompts (CLIP's zero-shot head)."""
-    class_text = text.class_features
-
+def method_classifier(model, text) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images -> the run's classifier logits (the method's head, else logit_scale x cosine)."""
     def classify(images):
-        feats = F.normalize(model.encode_image(images).float(), dim=-1)
-        return text.logit_scale * feats @ class_text.to(feats.device).T
+        return text.logits(F.normalize(model.encode_image(images).float(), dim=-1))
 
     return classify
 
@@ -82,12 +80,12 @@ def provide(scores, cache, model, bundle, dataset_dir: Path, text, cfg_eval, dev
         path = cache.path(dataset_dir, "local_mcm", text=text_key, temperature=cfg_eval.mcm_temperature)
         out["extra"]["local_mcm"] = cache.get_or_build(path, lambda: _per_image(
             dataset_dir, bundle, cfg_eval, device,
-            lambda x: local_mcm(global_and_local(model, x)[1], text.class_features.to(x.device),
+            lambda x: local_mcm(global_and_local(getattr(model, "clip", model), x)[1], text.class_features.to(x.device),
                                 cfg_eval.mcm_temperature)))
     if "model" in needs and "odin" in scores:
         path = cache.path(dataset_dir, "odin", text=text_key, temperature=cfg_eval.odin_temperature,
                           epsilon=cfg_eval.odin_epsilon)
-        classify = zero_shot_classifier(model, text)
+        classify = method_classifier(model, text)
         out["extra"]["odin"] = cache.get_or_build(path, lambda: _per_image(
             dataset_dir, bundle, cfg_eval, device,
             lambda x: odin(classify, x, cfg_eval.odin_temperature, cfg_eval.odin_epsilon)))
