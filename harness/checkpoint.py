@@ -17,8 +17,11 @@ from harness.models import unwrap
 STATE_FILE = "train_state.pt"
 
 
-def save(directory: Path, model, optimizer, scheduler, epoch: int, step: int, history: list[dict]) -> Path:
-    """Write the state after ``epoch`` (1-based) into ``directory`` atomically; returns the directory."""
+def save(directory: Path, model, optimizer, scheduler, epoch: int, step: int, history: list[dict],
+         stage: int = 0) -> Path:
+    """Write the state after ``epoch`` (1-based, counted over the whole run) of training ``stage``
+    (a method's stage index; its optimiser and scheduler are that stage's) into ``directory``
+    atomically; returns the directory."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "model": unwrap(model).state_dict(),
@@ -27,6 +30,7 @@ def save(directory: Path, model, optimizer, scheduler, epoch: int, step: int, hi
         "epoch": epoch,
         "step": step,
         "history": history,
+        "stage": stage,
         "torch_rng": torch.get_rng_state(),
         "python_rng": list(random.getstate()[1]),
     }
@@ -43,10 +47,17 @@ def load(directory: str | Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def restore(state: dict, model, optimizer, scheduler) -> None:
-    """Put a saved state back into freshly built objects (same architecture and settings)."""
+def restore(state: dict, model, optimizer=None, scheduler=None) -> None:
+    """Put a saved state back into freshly built objects (same architecture and settings): the
+    model and the RNGs, and the optimiser and scheduler when given (see :func:`restore_optimizer`)."""
     unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    if optimizer is not None:
+        restore_optimizer(state, optimizer, scheduler)
     torch.set_rng_state(state["torch_rng"])
     random.setstate((3, tuple(state["python_rng"]), None))
+
+
+def restore_optimizer(state: dict, optimizer, scheduler) -> None:
+    """The optimiser and scheduler of the saved stage (a later stage starts its own)."""
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])

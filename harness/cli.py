@@ -19,9 +19,9 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
     if needs_config:
         parser.add_argument("config", type=Path, help="experiment YAML (e.g. sweeps/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set loss.lam=0.01 (repeatable)")
+                        help="override a config value, e.g. --set method.name=cma --set method.lam=0.01 (repeatable)")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=FORM:V1,V2,...",
-                        help="add a searched key to search.space, e.g. --space loss.lam=grid:0,0.001,0.01, "
+                        help="add a searched key to search.space, e.g. --space method.lam=grid:0,0.001,0.01, "
                              "--space optim.lr=loguniform:1e-5,1e-3 or --space 'optim.lr={choice: [1e-5, 1e-4]}' "
                              "(repeatable; replaces the file's entry for that key)")
     parser.add_argument("--out", type=Path, default=None,
@@ -39,11 +39,14 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness import methods
+
     parser = argparse.ArgumentParser(
         prog="harness", description="Fine-tune CLIP for out-of-distribution detection and compare methods "
-        "(zero-shot, FLYP, CMA) fairly: Ray Train runs, Ray Tune sweeps, Parquet tables, MLflow, markdown reports.",
+        f"({', '.join(methods.names())}) fairly: Ray Train runs, Ray Tune sweeps, Parquet tables, MLflow, markdown reports.",
         epilog="Start with `harness demo --out runs/demo`; `harness COMMAND --help` gives a command's options.")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
     _common(sub.add_parser("demo", help="the whole benchmark on the embedded synthetic data"), needs_config=False)
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an --out directory, or its results/ subdirectory (several: one report over all)")
     rep.add_argument("--output", type=Path, default=None,
                      help="markdown file (default with one DIR: <out>/report.md; required with several)")
-    rep.add_argument("--method", action="append", default=[], choices=("zero-shot", "flyp", "cma"),
+    rep.add_argument("--method", action="append", default=[], choices=methods.names(),
                      help="keep only this method's runs (repeatable)")
     rep.add_argument("--score", action="append", default=[], help="keep only this score, e.g. neglabel (repeatable)")
     rep.add_argument("--suite", action="append", default=[], help="keep only this suite, e.g. mos (repeatable)")
@@ -70,7 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log there instead of each sweep's own tracking.mlflow_uri (e.g. the server moved)")
     _shards_parser(sub)
     _negatives_parser(sub)
+    _evaluate_parser(sub)
     return parser
+
+
+def _evaluate_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="evaluate any weights on any suite, every score, no training")
+    ev.add_argument("--weights", required=True, metavar="W",
+                    help="an open_clip tag (openai), a checkpoint file, or a run directory / run id of an earlier --out")
+    ev.add_argument("--arch", default=None, help="open_clip architecture (default: the source run's, else the config's)")
+    ev.add_argument("--suite", action="append", default=[], metavar="S",
+                    help="mos or openood-v1.5 (repeatable: every set encoded once, one table per suite)")
+    ev.add_argument("--scores", action="append", default=None, metavar="A,B",
+                    help="scores to compute (default: the config's eval.scores)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set data.ood_test=[a,b] (repeatable)")
+    ev.add_argument("--out", type=Path, default=None, help="output directory (default: runs/evaluate-<name>)")
+    ev.add_argument("--runs-root", type=Path, default=Path("runs"), help="where run ids are looked up (default runs)")
+    ev.add_argument("--cache", type=Path, default=None,
+                    help="embedding cache directory (default $HARNESS_CACHE/embeddings)")
+    cache = sub.add_parser("cache", help="the shared embedding cache: size per weights digest, or prune it")
+    cache.add_argument("action", choices=("size", "prune"))
+    cache.add_argument("--cache", type=Path, default=None, help="default $HARNESS_CACHE/embeddings")
+    cache.add_argument("--older-than-days", type=float, default=None,
+                       help="prune only entries unused for this many days (default: all)")
 
 
 def _negatives_parser(sub) -> None:
@@ -99,6 +125,9 @@ def _negatives_parser(sub) -> None:
                      help="only the first N candidates of each kind (a quick check, not the method)")
     neg.add_argument("--batch-size", type=int, default=512, help="prompts per text-encoder batch (default 512)")
     neg.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    neg.add_argument("--mode", choices=("neglabel", "csp"), default="neglabel",
+                     help="neglabel: NegLabel's pool; csp: CSP's conjugated pool (its WordNet files, plus each "
+                          "adjective x superclass word), for --set eval.csp_negatives=OUT")
 
 
 def _shards_parser(sub) -> None:
@@ -151,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             return _shards(args)
         if args.command == "negatives":
             return _negatives(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "cache":
+            return _cache(args)
+        if args.command == "methods":
+            from harness import methods
+
+            print(methods.describe())
+            return 0
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args), space=args.space)
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
@@ -210,6 +248,53 @@ def default_out(name: str) -> Path:
     """Where a run writes without --out: under $HARNESS_RESULTS_ROOT (a cluster's shared results
     root; cluster.yaml sets /mnt/efs/runs) if set, else runs/ in the current directory."""
     return Path(os.environ.get(RESULTS_ROOT) or "runs") / name
+
+
+def _evaluate(args) -> int:
+    """Resolve the weights and every config (one per suite) before any compute, then evaluate each."""
+    import os
+
+    from harness import evaluate_weights as ew
+    from harness.suites import SuiteError
+
+    if args.cache is not None:
+        os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())  # read by embed_cache, also in workers
+    try:
+        per_suite = ew.suite_overrides(args.suite) or [[]]
+        sources = [ew.resolve(args.weights, args.arch, args.overrides + suite + ew.score_overrides(args.scores),
+                              args.runs_root) for suite in per_suite]
+    except (ew.SourceError, SuiteError) as err:
+        raise UsageError(str(err)) from None
+    cfg = sources[0].cfg
+    out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), None, sweep=False)
+    from harness import driver, tracking
+
+    timer = driver.Timer()
+    records = []
+    for source in sources:
+        with timer.stage(f"evaluate {args.weights} on {', '.join(source.cfg.data.ood_test)}"):
+            records.append(ew.evaluate(source, out, log=timer.log))
+    cfg = _without_credentials(cfg, tracking)
+    md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-evaluate", records, timer)
+    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/<table>/<run_id>.parquet\nmlflow store:  {uri}"
+          + ("" if synced else f" NOT REACHED: run `harness sync-mlflow --out {out}`"))
+    return 0 if all(r.status == "finished" for r in records) else 1
+
+
+def _cache(args) -> int:
+    from harness import embed_cache
+
+    root = (args.cache or embed_cache.default_root()).expanduser().resolve()
+    if args.action == "size":
+        sizes = embed_cache.sizes(root)
+        for digest, (count, size) in sizes.items():
+            print(f"{digest}  {count:5d} entries  {size / 2**20:10.1f} MiB")
+        print(f"total {sum(c for c, _ in sizes.values())} entries, "
+              f"{sum(s for _, s in sizes.values()) / 2**20:.1f} MiB in {root}")
+        return 0
+    removed, freed = embed_cache.prune(root, args.older_than_days)
+    print(f"pruned {removed} entries ({freed / 2**20:.1f} MiB) from {root}")
+    return 0
 
 
 def _without_credentials(cfg, tracking):
@@ -343,13 +428,17 @@ def _negatives(args) -> int:
     try:
         names = writers.read_classnames(args.classnames)
         preflight.check_model_weights(args.arch, pretrained, field="--pretrained")
-        selection = wordnet.select(args.wordnet, exclude=names)
+        selection = wordnet.select(args.wordnet, exclude=names, mode=args.mode)
     except (writers.SourceError, wordnet.WordNetError) as err:
         raise UsageError(str(err)) from None
     candidates = selection.candidates
     if args.limit is not None:
         candidates = [c for kind in ("noun", "adj") for c in [c for c in candidates if c.kind == kind][:args.limit]]
-    provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0",
+    if args.mode == "csp":  # CSP's pool: the selection plus every adjective conjugated with the superclass words
+        from harness.negatives import conjugate
+
+        candidates = candidates + conjugate(candidates)
+    provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0", "mode": args.mode,
                   "selection": "nouns: noun.* except noun.animal, noun.food; adjectives: adj.all, adj.pert, "
                                "adj.ppl; the first lemma of each synset, de-duplicated, ID class names dropped",
                   "counts": selection.counts, "limit": args.limit, "classnames": args.classnames}
@@ -359,7 +448,7 @@ def _negatives(args) -> int:
                           args.eval_prompt, args.noun_prompt, args.adjective_prompt, provenance,
                           args.batch_size, args.device)
     print(f"candidates: {record['candidates']} -> {cand_path}\nmined:      {record['mined']} -> {args.out}\n"
-          f"use it: --set eval.negatives={args.out.resolve()}")
+          f"use it: --set eval.{'csp_negatives' if args.mode == 'csp' else 'negatives'}={args.out.resolve()}")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -68,10 +68,21 @@ class DataConfig(_Section):
     or short shard) and counts them; the run fails when more than this share of what it read was bad."""
 
 
-class LossConfig(_Section):
-    name: Literal["cma", "clip"] = "cma"
-    lam: float = Field(0.0, ge=0)
-    """CMA weight; 0 is FLYP (the symmetric CLIP contrastive loss)."""
+class MethodParams(_Section):
+    """The ``method:`` section: ``name`` picks a registered method (harness.methods), whose own
+    subclass of this types the rest (e.g. ``lam`` for cma); `harness methods` lists them."""
+
+    name: str
+
+    def __call__(self) -> str:
+        """The method's registered name: ``cfg.method()`` is what a run records (ids, tables, MLflow)."""
+        return self.name
+
+
+def _method_section(value: Any) -> MethodParams:
+    from harness import methods  # the registry imports this module for MethodParams
+
+    return methods.params(value)
 
 
 class OptimConfig(_Section):
@@ -108,8 +119,31 @@ class EvalConfig(_Section):
     neg_ratio: float = Field(0.15, gt=0, le=1)
     """NegMining keeps this share of the least ID-like nouns and of adjectives."""
     neg_groups: int = Field(1, ge=1)
+    """NegLabel's negative groups: 1 as in the CMA code (default), 100 in NegLabel's reference config."""
+    neg_remainder: Literal["shuffled", "tail"] = "shuffled"
+    """Negatives dropped when neg_groups does not divide their number: the last of the seeded shuffle
+    (shuffled), or the last in file order before shuffling (tail, the OpenOOD-VLM code's rule)."""
     neg_temperature: float = Field(0.01, gt=0)
     mcm_temperature: float = Field(1.0, gt=0)
+    gl_mcm_lambda: float = Field(1.0, ge=0)
+    """GL-MCM's weight of the local (patch) term."""
+    knn_k: int = Field(50, ge=1)
+    """KNN's k (the paper: 1000 with 1% of ImageNet-train); at most the bank's size."""
+    knn_bank_fraction: float = Field(1.0, gt=0, le=1)
+    """Share of data.train encoded as KNN's bank (seeded subsample of shards' samples in order)."""
+    odin_temperature: float = Field(1000.0, gt=0)
+    odin_epsilon: float = Field(0.0014, ge=0)
+    csp_negatives: str | None = None
+    """CSP's conjugated pool written by `harness negatives --mode csp` (relative to data.root or absolute);
+    None: conjugate eval.negatives' adjectives in-process and mine the extended pool."""
+    adaneg_order: Literal["shuffled", "id-first", "ood-first"] = "shuffled"
+    """AdaNeg's test stream: both sets mixed by one seeded permutation, or one set after the other."""
+    adaneg_seed: int = 0
+    adaneg_batch_size: int = Field(256, ge=1)
+    adaneg_memory: int = Field(10, ge=1)
+    adaneg_lambda: float = Field(0.1, ge=0)
+    adaneg_threshold: float = Field(0.5, ge=0, le=1)
+    adaneg_gap: float = Field(0.5, ge=0, le=1)
     scores: tuple[str, ...] = ("mcm", "neglabel", "msp", "energy", "max_logit")
     selection_score: str = "neglabel"
     """Score whose OoD-validation AUROC enters the selection objective."""
@@ -174,7 +208,7 @@ class SearchConfig(_Section):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     space: dict[str, ParamSpace] = Field(default_factory=dict)
-    """Dotted config keys (e.g. loss.lam) -> their distribution."""
+    """Dotted config keys (e.g. method.lam, method.name, or method: whole sections) -> their distribution."""
     metric: Literal["val_objective", "val_auroc", "val_fpr95", "val_id_accuracy"] = "val_objective"
     mode: Literal["max", "min"] = "max"
 
@@ -194,7 +228,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     data: DataConfig = DataConfig()
-    loss: LossConfig = LossConfig()
+    method: SerializeAsAny[MethodParams] = Field(default_factory=lambda: _method_section({"name": "flyp"}))
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
@@ -202,24 +236,53 @@ class Config(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig = SearchConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_loss_section(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "loss" in data:
+            raise ValueError(_LOSS_GONE.format(**_loss_advice(data["loss"])))
+        return data
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _typed_method(cls, value: Any) -> MethodParams:
+        return _method_section(value)
+
     @model_validator(mode="after")
     def _space_keys_exist(self) -> "Config":
+        from harness import methods
+
         for key in self.search.space:
             if key.startswith("search.") or key == "name":
                 raise ValueError(f"search.space: {key!r} cannot be searched")
-            _check_path(self.model_dump(), key, where="search.space")
+            if key != "method" and not key.startswith("method."):
+                _check_path(self.model_dump(), key, where="search.space")
+        methods.check_space(self.method, self.search.space)
+        methods.get(self.method.name).check_config(self)
         return self
 
-    def method(self) -> str:
-        """zero-shot (no training), flyp (lam = 0) or cma."""
-        if self.schedule.epochs == 0:
-            return "zero-shot"
-        return "flyp" if self.loss.lam == 0 else "cma"
-
     def fingerprint(self) -> str:
-        """Short hash of everything that changes the science (not tracking or resources)."""
-        data = self.model_dump(mode="json", exclude={"tracking", "resources", "search", "name"})
+        """Short hash of everything that changes the science (not tracking or resources; nor the
+        schedule and optimiser for a method that does not train, so its runs share one id)."""
+        from harness import methods
+
+        exclude = {"tracking", "resources", "search", "name"}
+        if not methods.get(self.method.name).trains:
+            exclude |= {"schedule", "optim"}
+        data = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+_LOSS_GONE = ("the loss: section is gone; the method: section names the method and takes its parameters. "
+              "Write instead:  method: {{name: {name}{extra}}}  (or --set method.name={name}{set_extra}); "
+              "`harness methods` lists every method with its parameters")
+
+
+def _loss_advice(loss: Any) -> dict[str, str]:
+    lam = loss.get("lam", 0) if isinstance(loss, dict) else 0
+    if not lam:
+        return {"name": "flyp", "extra": "", "set_extra": ""}
+    return {"name": "cma", "extra": f", lam: {lam}", "set_extra": f" --set method.lam={lam}"}
 
 
 def _check_path(tree: dict, dotted: str, where: str) -> None:
@@ -234,7 +297,7 @@ def _check_path(tree: dict, dotted: str, where: str) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"loss.lam=0.1"`` -> ``("loss.lam", 0.1)``; the value is read as a YAML scalar or list."""
+    """``"method.lam=0.1"`` -> ``("method.lam", 0.1)``; the value is read as a YAML scalar or list."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
@@ -314,6 +377,8 @@ def _describe(err: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "<top>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key{_allowed_hint(item['loc'])}")
+        elif item["type"] == "value_error" and key in ("<top>", "method"):  # the message names its own key
+            lines.append(item["msg"].removeprefix("Value error, "))
         elif item["type"] == "literal_error":
             lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
         else:
@@ -355,6 +420,14 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     return from_dict(apply_space(tree, dict(parse_space(s) for s in space or [])), overrides)
+
+
+def to_tree(cfg: Config) -> dict:
+    """The config as a plain tree that overrides apply to: its method section as written (name and the
+    parameters off their defaults), so that a search may swap ``method.name``."""
+    from harness import methods
+
+    return {**cfg.model_dump(mode="json"), "method": methods.minimal(cfg.method)}
 
 
 def to_yaml(cfg: Config) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import prepare, ray_layer, report, results, runner, tracking
+from harness import methods, prepare, ray_layer, report, results, runner, tracking
 from harness.config import Config
 from harness.engine import RunContext
 
@@ -58,7 +58,7 @@ def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str
 def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
               live: tracking.Live | None = None) -> tracking.Record:
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
-    base = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"epochs": 0})})
+    base = cfg.model_copy(update={"method": methods.params({"name": "zero-shot"})})
     paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
     done = paths.run_dir / "result.json"
     if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already

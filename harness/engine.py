@@ -11,15 +11,20 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from harness.config import OptimConfig
-from harness.losses import CMALoss
 from harness.models import unwrap
 
 Report = Callable[[dict, "str | None"], None]
+
+
+class Objective(Protocol):
+    """A training loss: (scalar loss, detached parts) from the model's forward output and the labels."""
+
+    def from_output(self, out: dict, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -52,8 +57,10 @@ class Diverged(FloatingPointError):
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # The reference recipe decays all parameters (logit scale, norms and biases included).
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+    # The reference recipe decays all parameters (logit scale, norms and biases included); frozen
+    # ones (a method's, requires_grad False) are not the optimiser's at all.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
@@ -74,11 +81,13 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALoss, optimizer: torch.optim.Optimizer,
+def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: Objective, optimizer: torch.optim.Optimizer,
                scheduler, device: torch.device, precision: str = "fp32",
                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One optimiser step over ``batches`` (micro-batches of (images, tokens, labels), gradients
-    accumulated); returns the mean loss and its parts.
+    accumulated); returns the mean loss and its parts. ``loss_fn.from_output(model(images, tokens),
+    labels)`` gives each micro-batch's (loss, parts): CMALoss for the contrastive methods, a
+    method's own objective otherwise (harness.methods).
 
     Raises :class:`Diverged`, without stepping, when the loss is not finite on this rank or,
     with ``gather`` (an all-gather over ranks), on any rank."""
@@ -87,14 +96,14 @@ def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALos
     totals: dict[str, float] = {}
     for index, batch in enumerate(batches):
         images, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        labels = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
         last = index == len(batches) - 1
         # DDP all-reduces on every backward; only the last micro-batch needs it.
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, precision):
                 out = model(images, tokens)
-            loss, parts = loss_fn.with_parts(out["image_features"].float(), out["text_features"].float(),
-                                             out["logit_scale"].float())
+            loss, parts = loss_fn.from_output(out, labels)
             (loss / len(batches)).backward()
         for key, value in {"loss": loss, **parts}.items():
             totals[key] = totals.get(key, 0.0) + value.item() / len(batches)
@@ -105,12 +114,14 @@ def train_step(model: torch.nn.Module, batches: Sequence[tuple], loss_fn: CMALos
         raise Diverged(totals["loss"])
     optimizer.step()
     scheduler.step()
-    with torch.no_grad():  # CLIP clamps the learnable temperature at 100
-        unwrap(model).logit_scale.clamp_(0, math.log(100))
+    scale = unwrap(model).logit_scale
+    if scale.requires_grad:  # CLIP clamps the learnable temperature at 100
+        with torch.no_grad():
+            scale.clamp_(0, math.log(100))
     return totals
 
 
-def train_epoch(model, batches: Iterator, steps: int, loss_fn: CMALoss, optimizer, scheduler,
+def train_epoch(model, batches: Iterator, steps: int, loss_fn: Objective, optimizer, scheduler,
                 ctx: RunContext, precision: str = "fp32", accumulation: int = 1, log_every: int = 0,
                 log: Callable[[str], None] = print) -> dict[str, float]:
     """Run exactly ``steps`` optimiser steps of ``accumulation`` micro-batches each from ``batches``;

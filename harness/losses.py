@@ -145,6 +145,11 @@ class CMALoss(torch.nn.Module):
         terms = self.terms(image_features, text_features, logit_scale)
         return terms.total(self.lam), {k: v.detach() for k, v in terms._asdict().items()}
 
+    def from_output(self, out: dict, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`with_parts` on a CLIP forward's dict (image_features, text_features, logit_scale), in
+        float32; ``labels`` are not used (row k of each side is a pair). The training step's contract."""
+        return self.with_parts(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
+
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> torch.Tensor:
         """Scalar loss for this rank (mean over ranks = the global-batch loss)."""
         return self.terms(image_features, text_features, logit_scale).total(self.lam)

@@ -196,11 +196,12 @@ def _cached_pretrained_file(arch: str, tag: str) -> str | None:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write the state dict atomically (temp + rename); loadable with weights_only=True."""
+    """Write the CLIP's state dict atomically (temp + rename); loadable with weights_only=True and as
+    ``model.pretrained`` (a method's additions, e.g. a head, are saved beside it by harness.methods)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu() for k, v in clip_of(model).state_dict().items()}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -208,3 +209,51 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model behind a DistributedDataParallel wrapper."""
     return getattr(model, "module", model)
+
+
+def clip_of(model: torch.nn.Module) -> open_clip.CLIP:
+    """The open_clip CLIP inside ``model`` (itself, a DDP wrapper's, or a method's wrapper's ``clip``)."""
+    model = unwrap(model)
+    return getattr(model, "clip", model)
+
+
+def image_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Every output token of the image encoder projected into the joint space, not normalised:
+    (N, 1 + P, D), token 0 the class token, 1.. the patches in raster order.
+
+    As GL-MCM's reference code does for OpenAI-style ViTs: ln_post on all tokens, then proj
+    (open_clip applies them to the pooled token only). For a class-token ViT (open_clip's
+    default, pool_type "tok", LayerNorm before pooling), token 0 equals ``encode_image``.
+    """
+    visual = clip_of(model).visual
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False) \
+            or getattr(visual, "pool_type", "tok") != "tok":
+        raise ValueError("image_tokens needs a class-token ViT with ln_post before pooling (OpenAI-style CLIP)")
+    x = visual.transformer(visual._embeds(images))  # open_clip 3.3's own stem (conv, class token, pos, ln_pre)
+    x = visual.ln_post(x)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def patch_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The image encoder's patch tokens in the joint space, L2-normalised: (N, P, D), the local
+    features of GL-MCM and LoCoOp (see :func:`image_tokens`)."""
+    return torch.nn.functional.normalize(image_tokens(model, images)[:, 1:], dim=-1)
+
+
+def encode_text_embeddings(model: torch.nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor,
+                           normalize: bool = True) -> torch.Tensor:
+    """The text encoder run on given token embeddings (B, L, width) instead of looking up ``tokens``
+    (B, L), which still say where each sequence ends (its pooling position): open_clip's
+    ``encode_text`` after its embedding lookup, so prompt learning (CoOp) can put learned vectors in
+    the sequence. ``encode_text_embeddings(m, m.token_embedding(t), t) == m.encode_text(t)``."""
+    from open_clip.transformer import text_global_pool
+
+    clip = clip_of(model)
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = embeddings.to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    x = clip.ln_final(x)
+    x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+    if clip.text_projection is not None:
+        x = clip.text_projection(x) if isinstance(clip.text_projection, torch.nn.Linear) else x @ clip.text_projection
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x

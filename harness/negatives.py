@@ -41,6 +41,17 @@ def read_candidates(path: str | Path) -> list[Candidate]:
     return out
 
 
+# CSP (NeurIPS 2024): superclass words an adjective is conjugated with ("wooden structure", ...).
+CSP_SUPERCLASSES = ("environment", "space", "object", "scene", "place", "item", "area", "view", "thing",
+                    "pattern", "structure", "landscape")
+
+
+def conjugate(candidates: list[Candidate], superclasses: tuple[str, ...] = CSP_SUPERCLASSES) -> list[Candidate]:
+    """CSP's conjugated phrases: every adjective of ``candidates`` with every superclass word, as noun
+    candidates ("<adjective> <superclass>", prompted with the noun prompt), in adjective order."""
+    return [Candidate("noun", f"{c.word} {sup}") for c in candidates if c.kind == "adj" for sup in superclasses]
+
+
 def prompts(candidates: list[Candidate], noun_prompt: str, adjective_prompt: str) -> list[str]:
     return [(noun_prompt if c.kind == "noun" else adjective_prompt).format(c.word) for c in candidates]
 

@@ -16,10 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness import metrics  # noqa: E402
+from harness import methods, metrics  # noqa: E402
 
-LABEL = {"zero-shot": "zero-shot", "flyp": "FLYP", "cma": "CMA"}
-COLOUR = {"zero-shot": "tab:gray", "flyp": "tab:blue", "cma": "tab:red"}
 # matplotlib writes no date into a PNG; dropping its version too makes the same inputs give the same bytes.
 _META = {"Software": None}
 
@@ -95,10 +93,10 @@ def score_histograms(arrays: Arrays, path: Path) -> bool:
     scores = [s for s in arrays if arrays[s]]
     if not scores:
         return False
-    methods = [m for m in LABEL if any(m in arrays[s] for s in scores)]
-    fig, axes = plt.subplots(len(scores), len(methods), figsize=(4 * len(methods), 3 * len(scores)), squeeze=False)
+    shown = [m for m in methods.names() if any(m in arrays[s] for s in scores)]
+    fig, axes = plt.subplots(len(scores), len(shown), figsize=(4 * len(shown), 3 * len(scores)), squeeze=False)
     for row, score in enumerate(scores):
-        for col, method in enumerate(methods):
+        for col, method in enumerate(shown):
             ax = axes[row][col]
             if method not in arrays[score]:
                 ax.set_axis_off()
@@ -110,7 +108,7 @@ def score_histograms(arrays: Arrays, path: Path) -> bool:
             bins = np.linspace(pooled.min(), pooled.max(), 41)  # shared bins: comparable bars
             for name, values in transformed.items():
                 ax.hist(values, bins=bins, alpha=0.5, density=True, label=name)
-            ax.set_title(f"{LABEL[method]} · {score}")
+            ax.set_title(f"{methods.label(method)} · {score}")
             ax.set_xlabel("log-odds of the score (higher = more ID)")
             ax.legend(fontsize=7)
     return _save(fig, path, dpi=90)
@@ -129,7 +127,7 @@ def roc_curves(arrays: Arrays, path: Path) -> bool:
             for method, (id_scores, ood_sets) in arrays[score].items():
                 if dataset in ood_sets:
                     fpr, tpr = metrics.roc_curve(id_scores, ood_sets[dataset])
-                    ax.plot(100 * fpr, 100 * tpr, color=COLOUR[method], label=LABEL[method], lw=1.2)
+                    ax.plot(100 * fpr, 100 * tpr, color=methods.colour(method), label=methods.label(method), lw=1.2)
             ax.axhline(95, color="k", ls=":", lw=0.8)
             ax.set_title(f"{score} · {dataset}")
             ax.set_xlabel("OoD accepted (%)")
@@ -186,7 +184,7 @@ def gap_projection(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarra
             ax.scatter(*a, s=90, marker="X", color="navy", label="image centroid")
             ax.scatter(*b, s=90, marker="X", color="darkred", label="prompt centroid")
             ax.annotate("", xy=b, xytext=a, arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.5})
-            ax.set_title(f"{LABEL.get(method, method)} · {name}", fontsize=10)
+            ax.set_title(f"{methods.label(method)} · {name}", fontsize=10)
             ax.set_xlabel(axis_labels[0])
             ax.set_ylabel(axis_labels[1])
             ax.set_aspect("equal", adjustable="datalim")

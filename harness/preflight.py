@@ -31,11 +31,12 @@ def check_run(cfg: Config, out: Path, address: str | None, sweep: bool) -> Path:
     check_name(cfg.name)
     if sweep and not cfg.search.space:
         raise PreflightError("search.space: empty, nothing to sweep (give one or more dotted keys, "
-                             "e.g. loss.lam: {grid: [0, 0.1]}; or use `harness train` for one run)")
+                             "e.g. method.name: {grid: [flyp, lp]}; or use `harness train` for one run)")
     check_tracking_uri(cfg.tracking.mlflow_uri)
     if address:
         check_address(address)
     check_scores(cfg.eval.scores, "eval.scores")
+    check_selection_score(cfg.eval.selection_score)
     check_data(cfg)
     check_model(cfg)
     return check_out_dir(out)  # last: it creates the directory
@@ -92,6 +93,20 @@ def check_scores(names, field: str) -> None:
     if unknown:
         raise PreflightError(f"{field}: unknown score(s) {', '.join(map(repr, unknown))} "
                              f"(allowed: {', '.join(sorted(SCORES))})")
+
+
+# What validation can give a score every epoch, cheaply: no model passes, no train bank, no stream.
+SELECTABLE_INPUTS = {"features", "class_text", "negatives", "csp_negatives", "logits"}
+
+
+def check_selection_score(name: str) -> None:
+    from harness.scores import SCORE_SPECS
+
+    spec = SCORE_SPECS.get(name)
+    if spec is not None and not spec.needs <= SELECTABLE_INPUTS:
+        selectable = sorted(n for n, s in SCORE_SPECS.items() if s.needs <= SELECTABLE_INPUTS)
+        raise PreflightError(f"eval.selection_score: {name!r} needs {', '.join(sorted(spec.needs - SELECTABLE_INPUTS))}, "
+                             f"which validation does not compute every epoch (allowed: {', '.join(selectable)})")
 
 
 def check_data(cfg: Config) -> None:

@@ -537,7 +537,7 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
     like any ended trial, not an error of the sweep) or failed. An interrupted sweep with the
     same config resumes: finished and diverged trials are not run again.
     """
-    base = cfg.model_dump(mode="json")
+    base = config_mod.to_tree(cfg)
     in_process = trials_in_process(cfg)
     trainable = tune.with_parameters(_trial_in_process if in_process else _trial, base=base, inputs=inputs,
                                      out=str(out))

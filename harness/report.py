@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import evaluate, gap, paper, plots, uncertainty
+from harness import evaluate, gap, methods, paper, plots, uncertainty
 from harness import report_md as md
 from harness import report_stats as stats
 from harness.report_stats import Filters, Tables
@@ -50,7 +50,8 @@ def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores
               else (r["id_accuracy"], r["id_accuracy"]) for _, r in done.iterrows()]
     done = done.assign(acc_low=[b[0] for b in bounds], acc_high=[b[1] for b in bounds])
     avg = ci[(ci["dataset"] == uncertainty.AVERAGE) & ci["score"].isin(scores)]
-    trained = done[done["method"] != "zero-shot"][["run_id", "lam", "id_accuracy", "acc_low", "acc_high"]]
+    trained = done[done["lam"].notna()]  # the methods with a λ (FLYP, CMA)
+    trained = trained[["run_id", "lam", "id_accuracy", "acc_low", "acc_high"]]
     zero = done[done["method"] == "zero-shot"].sort_values("run_id").head(1)
     zero = zero[["run_id", "id_accuracy"]].merge(avg, on="run_id")
     return plots.lambda_sweep(trained, avg[avg["run_id"].isin(trained["run_id"])], zero, path)
@@ -80,7 +81,7 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
                   "classifier-logit scores read the zero-shot classifier's logits (image · class prompts).", "",
                   md.score_table(chosen, ci, ood, rest), ""]
     low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
-    names = {r["run_id"]: md.LABEL.get(m, m) for m, r in chosen.items()}
+    names = {r["run_id"]: md.method_label(m) for m, r in chosen.items()}
     flagged = {}
     for (rid, score), auroc in low.items():
         if md.below_chance(auroc):
@@ -101,7 +102,7 @@ def _paired_section(tables: Tables, chosen: dict, scores: list[str], n_boot: int
             "(lower FPR95, higher AUROC); ✗: it excludes 0 against it. The sentences give each gap's size "
             "and direction with its interval.", ""]
     if diffs.empty:
-        return head + ["_Not available: needs per-sample scores of two of zero-shot, FLYP and CMA._", ""]
+        return head + ["_Not available: needs per-sample scores of a method and a baseline (zero-shot, FLYP)._", ""]
     return head + md.paired_summary(diffs) + ["", md.paired_table(diffs), ""]
 
 
@@ -115,7 +116,7 @@ def _paper_section(suite: str, chosen: dict[str, pd.Series], ood: pd.DataFrame) 
     found = paper.comparison(suite, ours)
     if found.empty:
         return head + ["_No OoD set of ours matches the paper's names._", ""]
-    acc = [f"{md.LABEL[m]} {100 * r['id_accuracy']:.2f} vs {paper.ID_ACCURACY[m]:.2f}"
+    acc = [f"{methods.label(m)} {100 * r['id_accuracy']:.2f} vs {paper.ID_ACCURACY[m]:.2f}"
            for m, r in chosen.items() if m in paper.ID_ACCURACY]
     return head + ["Paper: Kim & Hwang, CVPR 2025, ViT-B/16 (../shared/reference/method.md); percent, "
                    "ours − paper in percentage points.", "", md.paper_table(found), "",
@@ -176,6 +177,7 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
              md.main_table(chosen, ci, ood, scores) if not ood.empty else "_no OoD metrics recorded_", ""]
     lines += _selection_line(runs, chosen)
     lines += _other_scores_section(replace(tables, ood=ood), chosen, ci, scores)
+    lines += _fpr_conventions(chosen, ood, scores)
     lines += _paired_section(tables, chosen, scores, n_boot)
     lines += _paper_section(suite, chosen, ood) + _seed_section(runs, ood, scores)
     figures = out_md.parent / f"{out_md.stem}{suffix}"
@@ -190,9 +192,30 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
     return lines + _gap_section(runs, chosen, Path(f"{figures}-gap.png"))
 
 
+def _fpr_conventions(chosen: dict[str, pd.Series], ood: pd.DataFrame, scores: list[str]) -> list[str]:
+    """FPR95 under both conventions for the main table's runs: ID-positive (MCM, NegLabel, CMA papers;
+    the tables above) and OoD-positive (OpenOOD v1.5), per score and OoD set, in percent."""
+    if ood.empty or "fpr95_ood_positive" not in ood:
+        return []
+    rows = []
+    for method, run in chosen.items():
+        mine = ood[(ood["run_id"] == run["run_id"]) & ood["score"].isin(scores)]
+        rows += [[methods.label(method), r["score"], r["dataset"], f"{100 * r['fpr95']:.2f}",
+                  f"{100 * r['fpr95_ood_positive']:.2f}"] for _, r in mine.iterrows()]
+    return ["## FPR95 under both conventions (percent)",
+            "ID-positive: the share of OoD accepted at the threshold keeping 95% of ID (the tables above, the "
+            "MCM / NegLabel / CMA papers). OoD-positive: the share of ID rejected at the threshold catching 95% "
+            "of OoD (OpenOOD v1.5).", "",
+            md.table(["method", "score", "OoD set", "FPR95 ID-positive", "FPR95 OoD-positive"], rows), ""] if rows else []
+
+
+def _lam(lam: float) -> str:
+    return "" if pd.isna(lam) else f" λ={lam:g}"
+
+
 def _common_sections(tables: Tables, out_md: Path) -> list[str]:
     lines = []
-    labels = {r["run_id"]: f"{md.LABEL.get(r['method'], r['method'])} λ={r['lam']:g} seed {r['seed']}"
+    labels = {r["run_id"]: f"{methods.label(r['method'])}{_lam(r['lam'])} seed {r['seed']}"
               for _, r in md.by_method(tables.runs).iterrows()}
     png = out_md.parent / f"{out_md.stem}-training.png"
     if plots.training_curves(tables.epochs, labels, png):

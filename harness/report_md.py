@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness import gap, uncertainty
-
-LABEL = {"zero-shot": "zero-shot", "flyp": "FLYP", "cma": "CMA"}
+from harness import gap, methods, uncertainty
+from harness.methods import label as method_label
 
 
 def by_method(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs in reading order: zero-shot, FLYP, CMA, then by λ and run id."""
-    rank = runs["method"].map({m: i for i, m in enumerate(LABEL)}).fillna(len(LABEL))
+    """Runs in reading order: the methods in registration order (zero-shot, FLYP, CMA, ...), then by λ and run id."""
+    order = methods.names()
+    rank = runs["method"].map({m: i for i, m in enumerate(order)}).fillna(len(order))
     return runs.assign(_rank=rank).sort_values(["_rank", "lam", "run_id"]).drop(columns="_rank")
 METRIC_TITLE = {"fpr95": "FPR95↓", "auroc": "AUROC↑"}
 
@@ -58,7 +58,7 @@ def main_table(chosen: dict[str, pd.Series], ci: pd.DataFrame, ood: pd.DataFrame
             if point.empty:
                 continue
             cells = ci[(ci["run_id"] == run["run_id"]) & (ci["score"] == score)] if not ci.empty else ci
-            row = [LABEL[method], score]
+            row = [method_label(method), score]
             for dataset in sets:
                 for metric in METRIC_TITLE:
                     found = cells[(cells["dataset"] == dataset) & (cells["metric"] == metric)] if not cells.empty \
@@ -86,7 +86,7 @@ def paired_table(diffs: pd.DataFrame) -> str:
     for (a, b, score, dataset), group in diffs.groupby(["a", "b", "score", "dataset"], sort=False):
         by_metric = group.set_index("metric")
         paired_n = f"{group['n_id'].iloc[0]} / {group['n_ood'].iloc[0]}"
-        rows.append([f"{LABEL[a]} − {LABEL[b]}", score, dataset, _diff_cell(by_metric.loc["fpr95"], "fpr95"),
+        rows.append([f"{method_label(a)} − {method_label(b)}", score, dataset, _diff_cell(by_metric.loc["fpr95"], "fpr95"),
                      _diff_cell(by_metric.loc["auroc"], "auroc"), paired_n])
     return table(["comparison", "score", "OoD set", "ΔFPR95 pp [95% CI]", "ΔAUROC pp [95% CI]", "paired n ID / OoD"],
                  rows)
@@ -95,7 +95,7 @@ def paired_table(diffs: pd.DataFrame) -> str:
 def _direction(a: str, b: str, metric: str, row: pd.Series) -> str:
     """``CMA is 3.99 pp worse than zero-shot [2.92, 5.00]`` (the interval of that gap), or, when the
     interval includes 0, that no difference is resolved, with the signed Δ."""
-    name_a, name_b = LABEL.get(a, a), LABEL.get(b, b)
+    name_a, name_b = method_label(a), method_label(b)
     est, low, high = 100 * row["estimate"], 100 * row["low"], 100 * row["high"]
     if not uncertainty.Interval(row["estimate"], row["low"], row["high"]).excludes_zero():
         return f"no difference resolved (Δ {est:+.2f} pp [{low:+.2f}, {high:+.2f}])"
@@ -111,7 +111,7 @@ def paired_summary(diffs: pd.DataFrame) -> list[str]:
     avg = diffs[diffs["dataset"] == uncertainty.AVERAGE]
     for (a, b, score), group in avg.groupby(["a", "b", "score"], sort=False):
         by_metric = group.set_index("metric")
-        lines.append(f"- **{LABEL.get(a, a)} vs {LABEL.get(b, b)}, {score}, average over OoD sets:** "
+        lines.append(f"- **{method_label(a)} vs {method_label(b)}, {score}, average over OoD sets:** "
                      f"FPR95: {_direction(a, b, 'fpr95', by_metric.loc['fpr95'])}; "
                      f"AUROC: {_direction(a, b, 'auroc', by_metric.loc['auroc'])}.")
     return lines
@@ -130,7 +130,7 @@ def score_table(chosen: dict[str, pd.Series], ci: pd.DataFrame, ood: pd.DataFram
     (with the AUROC's interval); ⚠ marks an AUROC below chance."""
     rows = []
     for method, run in chosen.items():
-        row = [LABEL.get(method, method)]
+        row = [method_label(method)]
         for score in scores:
             mine = ood[(ood["run_id"] == run["run_id"]) & (ood["score"] == score)]
             if mine.empty:
@@ -147,7 +147,7 @@ def score_table(chosen: dict[str, pd.Series], ci: pd.DataFrame, ood: pd.DataFram
 
 
 def paper_table(comparison: pd.DataFrame) -> str:
-    rows = [[LABEL[r["method"]], r["score"], r["dataset"],
+    rows = [[method_label(r["method"]), r["score"], r["dataset"],
              f"{r['ours_fpr95']:.2f} / {r['ours_auroc']:.2f}", f"{r['paper_fpr95']:.2f} / {r['paper_auroc']:.2f}",
              f"{r['d_fpr95']:+.2f} / {r['d_auroc']:+.2f}"] for _, r in comparison.iterrows()]
     return table(["method", "score", "OoD set", "ours FPR95 / AUROC", "paper FPR95 / AUROC", "ours − paper (pp)"],
@@ -156,7 +156,7 @@ def paper_table(comparison: pd.DataFrame) -> str:
 
 def seed_table(spread: pd.DataFrame) -> str:
     metric_cols = [c[: -len("_mean")] for c in spread.columns if c.endswith("_mean")]
-    rows = [[LABEL[r["method"]], f"{r['lam']:g}", str(r["seeds"])]
+    rows = [[method_label(r["method"]), _num(r['lam'], '{:g}'), str(r["seeds"])]
             + [f"{100 * r[f'{c}_mean']:.2f} ± {100 * r[f'{c}_std']:.2f}" for c in metric_cols]
             for _, r in spread.iterrows()]
     return table(["method", "λ", "seeds"] + [c.replace("_", " ") + " (%)" for c in metric_cols], rows)
@@ -168,14 +168,14 @@ def gap_definitions() -> list[str]:
 
 def gap_table(runs: pd.DataFrame) -> str:
     columns = [f"gap_{m}" for m in gap.MEASURES if f"gap_{m}" in runs]
-    rows = [[r["run_id"], LABEL.get(r["method"], r["method"]), f"{r['lam']:g}"] + [_num(r[c]) for c in columns]
+    rows = [[r["run_id"], method_label(r["method"]), _num(r['lam'], '{:g}')] + [_num(r[c]) for c in columns]
             for _, r in by_method(runs).iterrows()]
     return table(["run", "method", "λ"] + [c[len("gap_"):] for c in columns], rows)
 
 
 def cost_tables(per_run: pd.DataFrame, per_sweep: pd.DataFrame) -> list[str]:
     runs = table(["run", "method", "device", "accelerators", "wall s", "train s", "eval s", "accelerator-h"],
-                 [[r["run_id"], LABEL.get(r["method"], r["method"]), str(r["device"] or "-"),
+                 [[r["run_id"], method_label(r["method"]), str(r["device"] or "-"),
                    f"{r['accelerators']:g}", _num(r["wall_s"], "{:.0f}"), _num(r["train_s"], "{:.0f}"),
                    _num(r["eval_s"], "{:.0f}"), f"{r['accelerator_h']:.3f}"] for _, r in per_run.iterrows()])
     sweeps = table(["sweep", "runs", "Σ wall h", "Σ train h", "Σ accelerator-h"],
@@ -189,7 +189,7 @@ def trials_table(runs: pd.DataFrame, ood: pd.DataFrame) -> str:
     for _, run in by_method(runs).iterrows():
         neg = ood[(ood["run_id"] == run["run_id"]) & (ood["score"] == "neglabel")] if not ood.empty else ood
         negcell = f"{pct(neg['fpr95'].mean())} / {pct(neg['auroc'].mean())}" if not neg.empty else "-"
-        rows.append([run["run_id"], run["method"], f"{run['lam']:g}", str(run["seed"]), run["status"],
+        rows.append([run["run_id"], run["method"], _num(run['lam'], '{:g}'), str(run["seed"]), run["status"],
                      _num(run["val_objective"]), _num(run["val_id_accuracy"]), _num(run["val_auroc"]),
                      _num(run["id_accuracy"]), negcell])
     return table(["run", "method", "λ", "seed", "status", "val objective", "val ID acc", "val AUROC", "test ID acc",
@@ -199,7 +199,7 @@ def trials_table(runs: pd.DataFrame, ood: pd.DataFrame) -> str:
 def run_section(run: pd.Series, ci: pd.DataFrame, ood: pd.DataFrame, accelerator_h: float) -> str:
     """One run's own section (logged to its MLflow run): every score and OoD set with intervals."""
     lines = [f"# {run['run_id']}", "",
-             f"method {LABEL.get(run['method'], run['method'])}, λ {run['lam']:g}, seed {run['seed']}, "
+             f"method {method_label(run['method'])}, λ {_num(run['lam'], '{:g}')}, seed {run['seed']}, "
              f"suite {run['suite']}, status {run['status']}", ""]
     mine = ood[ood["run_id"] == run["run_id"]] if not ood.empty else ood
     n_id = mine["n_id"].iloc[0] if not mine.empty and "n_id" in mine else None

@@ -13,11 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import paper, results, uncertainty
+from harness import methods, paper, results, uncertainty
 
-METHODS = ("zero-shot", "flyp", "cma")
 PAPER_SCORES = ("mcm", "neglabel")
-COMPARISONS = (("cma", "flyp"), ("cma", "zero-shot"), ("flyp", "zero-shot"))  # (a, b): the report shows a − b
+
+
+def comparisons(chosen: Sequence[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs the report shows a − b for: every chosen method against each baseline before it
+    in the registry (harness.methods: zero-shot, FLYP), in reading order."""
+    order = [m for m in methods.names() if m in chosen]
+    baselines = [m for m in order if methods.get(m).baseline]
+    return [(a, b) for a in order for b in baselines if order.index(b) < order.index(a)]
 
 
 class NothingToReport(ValueError):
@@ -128,7 +134,7 @@ def select_runs(runs: pd.DataFrame) -> dict[str, pd.Series]:
     no objective was recorded). Selection reads validation columns only, never a test-set metric."""
     done = runs[runs["status"] == "finished"]
     chosen = {}
-    for method in METHODS:
+    for method in methods.names():
         rows = done[done["method"] == method]
         if rows.empty:
             continue
@@ -168,14 +174,14 @@ def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0) ->
 
 def paired_differences(tables: Tables, chosen: dict[str, pd.Series], scores: Sequence[str], n_boot: int,
                        seed: int = 0) -> pd.DataFrame:
-    """Paired bootstrap of a − b for each comparison in ``COMPARISONS`` whose runs were chosen.
+    """Paired bootstrap of a − b for each of :func:`comparisons` of the chosen runs.
 
     Samples are matched by (dataset, key); only keys present in both runs enter. Columns:
     a, b, score, dataset, metric, estimate, low, high (fractions), n_id, n_ood.
     """
     rows = []
-    for a, b in COMPARISONS:
-        if a not in chosen or b not in chosen or tables.samples.empty:
+    for a, b in comparisons(list(chosen)):
+        if tables.samples.empty:
             continue
         for score in scores:
             id_a, sets_a = score_arrays(tables.samples, chosen[a], score)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from harness import config as config_mod
-from harness import gap, paper, results_store
+from harness import gap, methods, paper, results_store
 from harness.config import Config
 from harness.data import badsamples
 
@@ -67,7 +67,8 @@ def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: 
     row = {
         "run_id": run_id, "sweep": sweep, "name": cfg.name, "method": cfg.method(), "status": status,
         "error": error, "suite": paper.suite_of(cfg.data.source, cfg.data.ood_test),
-        "lam": cfg.loss.lam, "lr": cfg.optim.lr, "epochs": cfg.schedule.epochs, "seed": cfg.seed,
+        "lam": methods.build(cfg.method).contrastive_lam(),
+        "method_params": json.dumps(methods.minimal(cfg.method), sort_keys=True), "lr": cfg.optim.lr, "epochs": cfg.schedule.epochs, "seed": cfg.seed,
         "arch": cfg.model.arch, "world_size": summary.get("world_size"), "device": summary.get("device"),
         "global_batch": summary.get("global_batch"), "steps_per_epoch": summary.get("steps_per_epoch"),
         **{f"gap_{name}": gaps.get(name) for name in gap.MEASURES},

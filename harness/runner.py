@@ -5,8 +5,9 @@ body of a Ray Train worker and also runs alone in a test. Rank 0 writes the
 run's outputs into ``run_dir``:
 
 - ``checkpoint/model.pt``: the final weights (state dict, loads with weights_only=True)
-- ``embeddings/<dataset>.pt``: the test-set embedding cache; ``embeddings/text.pt``: the
-  class-prompt and negative-label features (evaluate.TextSide)
+- ``embeddings/<id test set>.pt``: a link to the ID test set's entry in the shared embedding
+  cache (harness.embed_cache: one cache per weights digest, shared by runs and `harness
+  evaluate`); ``embeddings/text.pt``: the class-prompt and negative-label features (evaluate.TextSide)
 - ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
 - ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings, bad-sample
   counts, ``status``)
@@ -21,6 +22,8 @@ have been fixed). Both are reported to Tune and returned; the driver records the
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import time
 import typing
@@ -29,12 +32,11 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, engine, evaluate, gap, models
+from harness import checkpoint, embed_cache, engine, evaluate, gap, methods, models, score_inputs
 from harness.config import Config, SearchConfig, run_label
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
-from harness.data.pipeline import CountedBatches, class_prompt, loader, train_pipeline
+from harness.data.pipeline import CountedBatches, loader, train_pipeline
 from harness.data.shards import check_class_lists, read_manifest
-from harness.losses import CMALoss
 from harness.paths import write_text_atomic
 
 RESULT, FAILED = "result.json", "failed.json"
@@ -54,6 +56,12 @@ class RunPaths:
 
     def negatives(self, cfg: Config) -> Path:
         path = Path(cfg.eval.negatives).expanduser()
+        return path if path.is_absolute() else self.data_root / path
+
+    def csp_negatives(self, cfg: Config) -> Path | None:
+        if cfg.eval.csp_negatives is None:
+            return None
+        path = Path(cfg.eval.csp_negatives).expanduser()
         return path if path.is_absolute() else self.data_root / path
 
 
@@ -92,47 +100,59 @@ def run(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print) -> dict
     if ctx.rank == 0:
         (paths.run_dir / FAILED).unlink(missing_ok=True)  # an earlier attempt's
     train_manifest = read_manifest(paths.dataset(cfg.data.train))
+    method = methods.build(cfg.method)
+    trains = bool(method.stages(cfg))
+    keys = method.train_keys(train_manifest, cfg) if trains else None
+    samples = len(keys) if keys is not None else train_manifest.num_samples
     global_batch = cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation
-    steps = train_manifest.num_samples // global_batch
-    if cfg.schedule.epochs and steps == 0:
+    steps = samples // global_batch
+    if trains and steps == 0:
         raise ValueError(f"global batch {global_batch} (data.batch_size x {ctx.world_size} workers x "
-                         f"accumulation) exceeds the {train_manifest.num_samples} samples of {cfg.data.train}")
+                         f"accumulation) exceeds the {samples} training samples of {cfg.data.train}")
     facts = {"global_batch": global_batch, "steps_per_epoch": steps, "world_size": ctx.world_size,
-             "device": ctx.device.type}  # cpu / cuda: what the cost section charges accelerator-hours for
+             "device": ctx.device.type,  # cpu / cuda: what the cost section charges accelerator-hours for
+             "method": method.name, "train_samples": samples}
     try:
-        return _train_and_evaluate(cfg, paths, ctx, train_manifest, facts, started, log)
+        return _train_and_evaluate(cfg, paths, ctx, method, train_manifest, keys, facts, started, log)
     except RunStopped as stop:
         if ctx.world_size > 1 and not stop.collective:
             raise  # only this rank knows: the others would wait for it forever
         return _stopped(cfg, paths, ctx, stop, facts, started, log)
 
 
-def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, train_manifest, facts: dict,
-                        started: float, log) -> dict | None:
+def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, method: methods.Method,
+                        train_manifest, keys: frozenset[str] | None, facts: dict, started: float,
+                        log) -> dict | None:
     history: list[dict] = []
     try:
         classnames = check_class_lists({name: read_manifest(paths.dataset(name))
                                         for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
         bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
                               quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
-        model = ctx.prepare_model(bundle.model)
+        bare = methods.MethodModel(bundle.model, method)
+        method.extend(bare, methods.Setup(bundle, classnames, cfg, paths.run_dir))
         resumed_from = None
-        if cfg.schedule.epochs:
-            history, resumed_from = train(cfg, paths, ctx, bundle, model, train_manifest, facts["steps_per_epoch"], log)
+        if method.stages(cfg):
+            history, resumed_from = train(cfg, paths, ctx, bundle, bare, train_manifest, facts["steps_per_epoch"],
+                                          log, keys)
+        else:
+            bare.to(ctx.device)
+        facts.update(method.facts())
         train_s = time.perf_counter() - started
-        bare = models.unwrap(model)
         eval_start = time.perf_counter()
         # Every rank encodes its share of the test sets; rank 0 receives them whole.
-        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx)
+        cache = model_cache(cfg, bundle, bare, log)
+        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx, cache)
         if ctx.rank != 0:
             ctx.report({"done": 1}, None)
             return None
         summary = {"status": "finished", "epochs": history, "train_s": train_s, "resumed_from_epoch": resumed_from,
                    **facts, **train_bad_counts(cfg, history)}
         encode_s = time.perf_counter() - eval_start
-        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device))
+        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device, cache))
         eval_start = time.perf_counter()
-        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings))
+        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings, cache))
+        log(f"[{run_label(cfg)}] {cache.summary()}")
     except BadDataError as err:
         raise RunStopped("failed", err, history, err.collective) from err
     summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
@@ -140,11 +160,50 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, tr
     summary["eval_encoded_by_rank"] = encoded_by_rank
     summary["wall_s"] = time.perf_counter() - started
     final_dir = paths.run_dir / "checkpoint"
-    models.save_weights(bare, final_dir / "model.pt")
-    summary["checkpoint"] = str(final_dir / "model.pt")
+    summary["checkpoint"] = str(methods.save(bare, final_dir))
     write_json(paths.run_dir / RESULT, summary)
     ctx.report(tune_metrics(summary), str(final_dir))
     return summary
+
+
+def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print,
+                  extra: dict | None = None) -> dict:
+    """Evaluate the weights at ``paths.weights`` without training (``harness evaluate``): the same
+    validation, test scores, result.json and checkpoint as the end of :func:`run`, through the
+    shared embedding cache. ``extra``: summary fields to add (e.g. where the weights came from)."""
+    started = time.perf_counter()
+    classnames = check_class_lists({name: read_manifest(paths.dataset(name))
+                                    for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
+    bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
+                          quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
+    model = _with_method(cfg, paths, bundle, classnames)
+    model.to(ctx.device)
+    cache = model_cache(cfg, bundle, model, log)
+    embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
+    summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
+               "device": ctx.device.type, **(extra or {})}
+    summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device, cache))
+    summary.update(test(cfg, paths, bundle, model, classnames, ctx.device, embeddings, cache))
+    summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
+    summary.update(eval_s=time.perf_counter() - started, wall_s=time.perf_counter() - started,
+                   eval_encoded_by_rank=encoded_by_rank, cache_reused=cache.misses == 0, cache_encoded=cache.misses)
+    log(f"[{run_label(cfg)}] {cache.summary()}")
+    if paths.weights:
+        summary["checkpoint"] = str(paths.weights)
+    write_json(paths.run_dir / RESULT, summary)
+    return summary
+
+
+def _with_method(cfg: Config, paths: RunPaths, bundle, classnames) -> methods.MethodModel:
+    """The CLIP inside its method's model; a final checkpoint directory's method.pt (a head, learned
+    prompts) is loaded into it when the weights come from one."""
+    method = methods.build(cfg.method)
+    model = methods.MethodModel(bundle.model, method)
+    method.extend(model, methods.Setup(bundle, classnames, cfg, paths.run_dir))
+    extra = paths.weights.parent / "method.pt" if paths.weights else None
+    if extra is not None and extra.is_file():
+        model.extra.load_state_dict(torch.load(extra, weights_only=True, map_location="cpu"))
+    return model
 
 
 def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStopped, facts: dict,
@@ -166,59 +225,98 @@ def _stopped(cfg: Config, paths: RunPaths, ctx: engine.RunContext, stop: RunStop
 def train_bad_counts(cfg: Config, history: list[dict]) -> dict[str, int]:
     """Bad training samples skipped over the epochs of ``history``, in total and per reason
     (none for a run that does not train)."""
-    if not cfg.schedule.epochs:
+    if not methods.build(cfg.method).stages(cfg):
         return {}
     out = {"bad_samples_train": sum(int(h.get("bad_samples", 0)) for h in history)}
     out.update({f"bad_samples_train_{r}": sum(int(h.get(f"bad_samples_{r}", 0)) for h in history) for r in REASONS})
     return out
 
 
-def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model, manifest, steps: int,
-          log=print) -> tuple[list[dict], int | None]:
-    """The epochs, resuming from ``ctx.restore()`` when a checkpoint exists; returns
-    (per-epoch metrics, the epoch resumed from or None)."""
-    optimizer = engine.make_optimizer(model, cfg.optim)
-    scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * cfg.schedule.epochs)
-    history, done = [], 0
-    state = ctx.restore()
+def train(cfg: Config, paths: RunPaths, ctx: engine.RunContext, bundle, model: methods.MethodModel, manifest,
+          steps: int, log=print, keys: frozenset[str] | None = None) -> tuple[list[dict], int | None]:
+    """The method's stages (harness.methods: which parameters train for how many epochs), resuming
+    from ``ctx.restore()`` when a checkpoint exists, in either stage; ``model``: the bare model
+    (each stage wraps it with ``ctx.prepare_model``); ``keys``: the training samples to use (None:
+    all). Returns (per-epoch metrics, the epoch resumed from or None)."""
+    method, stages = model._method, model._method.stages(cfg)
+    history, done, state = [], 0, ctx.restore()
     if state is not None:
-        checkpoint.restore(state, model, optimizer, scheduler)
+        checkpoint.restore(state, model)
         history, done = list(state["history"]), int(state["epoch"])
         log(f"[{run_label(cfg)}] resuming after epoch {done} (step {state['step']})")
-    loss_fn = CMALoss(cfg.loss.lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
-    planned = steps * cfg.schedule.epochs * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
+    total = sum(stage.epochs for stage in stages)
+    planned = steps * total * cfg.data.batch_size * cfg.schedule.accumulation  # this rank's samples
     batches = CountedBatches(loader(train_pipeline(
-        manifest.shards, bundle.train_transform, class_prompt(manifest.classnames, cfg.eval.train_prompt),
+        manifest.shards, bundle.train_transform, method.caption(manifest.classnames, cfg, ctx.rank),
         bundle.tokenizer, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed, cfg.data.shuffle_buffer,
-        start_epoch=done, shard_samples=manifest.shard_samples), cfg.data.loader_workers),
+        start_epoch=done, shard_samples=manifest.shard_samples, keys=keys), cfg.data.loader_workers),
         give_up_after=planned, where=f"{cfg.data.train} (rank {ctx.rank})")
-    every, seen, epoch = cfg.schedule.checkpoint_every, BadSamples(), done
-    try:
-        for epoch in range(done + 1, cfg.schedule.epochs + 1):
-            metrics = engine.train_epoch(model, batches, steps, loss_fn, optimizer, scheduler, ctx,
-                                         cfg.model.precision, cfg.schedule.accumulation)
-            metrics.update(epoch=epoch, step=epoch * steps,
-                           global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
-            bad = _gathered_bad(batches, ctx)
-            seen.add(bad)
-            metrics.update(bad_samples=bad.total, **{f"bad_samples_{r}": n for r, n in bad.by_reason().items()})
-            history.append(metrics)
-            check_bad_fraction(cfg, history, steps * metrics["global_batch"], seen)  # the same verdict on every rank
-            if ctx.rank == 0:
-                metrics.update(validate(cfg, paths, bundle, models.unwrap(model), manifest.classnames, ctx.device))
-                log(f"[{run_label(cfg)}] epoch {epoch}/{cfg.schedule.epochs} loss {metrics['train_loss']:.4f} "
-                    f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
-                    f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
-            resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < cfg.schedule.epochs
-            with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
-                saved = checkpoint.save(Path(tmp), model, optimizer, scheduler, epoch, epoch * steps, history) \
-                    if resumable else None
-                ctx.report(metrics, str(saved) if saved else None)
-    except engine.Diverged as err:  # every rank diverges at the same step (train_step agrees across ranks)
-        raise RunStopped("diverged", ValueError(f"{err} of epoch {epoch}"), history, collective=True) from err
-    except BadDataError as err:
-        raise RunStopped("failed", err, history, err.collective) from err
+    loop = _EpochLoop(cfg, paths, ctx, bundle, model, manifest, batches, steps, total, history, log)
+    first = 1
+    for index, stage in enumerate(stages):
+        last = first + stage.epochs - 1
+        if last > done:
+            resume = state if state is not None and int(state.get("stage", 0)) == index and done >= first else None
+            loop.stage(index, stage, range(max(first, done + 1), last + 1), resume)
+        first = last + 1
     return history, (done or None)
+
+
+@dataclass
+class _EpochLoop:
+    """The epochs of one run, stage by stage: every method's training goes through :meth:`stage`."""
+
+    cfg: Config
+    paths: RunPaths
+    ctx: engine.RunContext
+    bundle: typing.Any
+    model: methods.MethodModel
+    manifest: typing.Any
+    batches: CountedBatches
+    steps: int
+    total: int
+    history: list[dict]
+    log: typing.Callable
+
+    def stage(self, index: int, stage: methods.Stage, epochs: range, resume: dict | None) -> None:
+        """Train ``stage``'s parameters (the rest frozen) over ``epochs``; ``resume``: a checkpoint of this
+        stage whose optimiser and schedule continue."""
+        cfg, ctx, steps = self.cfg, self.ctx, self.steps
+        methods.set_trainable(self.model, stage.trainable)
+        wrapped = ctx.prepare_model(self.model)  # DDP tracks the parameters that train now
+        optimizer = engine.make_optimizer(wrapped, cfg.optim)
+        scheduler = engine.warmup_cosine(optimizer, cfg.schedule.warmup_steps, steps * stage.epochs)
+        if resume is not None:
+            checkpoint.restore_optimizer(resume, optimizer, scheduler)
+        objective = self.model._method.objective(ctx)
+        every, seen, epoch = cfg.schedule.checkpoint_every, BadSamples(), epochs.start - 1
+        where = f" ({stage.name})" if len(self.model._method.stages(cfg)) > 1 else ""
+        try:
+            for epoch in epochs:
+                metrics = engine.train_epoch(wrapped, self.batches, steps, objective, optimizer, scheduler, ctx,
+                                             cfg.model.precision, cfg.schedule.accumulation)
+                metrics.update(epoch=epoch, step=epoch * steps,
+                               global_batch=cfg.data.batch_size * ctx.world_size * cfg.schedule.accumulation)
+                bad = _gathered_bad(self.batches, ctx)
+                seen.add(bad)
+                metrics.update(bad_samples=bad.total, **{f"bad_samples_{r}": n for r, n in bad.by_reason().items()})
+                self.history.append(metrics)
+                check_bad_fraction(cfg, self.history, steps * metrics["global_batch"], seen)  # same on every rank
+                if ctx.rank == 0:
+                    metrics.update(validate(cfg, self.paths, self.bundle, self.model, self.manifest.classnames,
+                                            ctx.device))
+                    self.log(f"[{run_label(cfg)}] epoch {epoch}/{self.total}{where} loss {metrics['train_loss']:.4f} "
+                             f"val acc {metrics['val_id_accuracy']:.3f} val auroc {metrics['val_auroc']:.3f} "
+                             f"({metrics['samples_per_s']:.0f} samples/s, {metrics['bad_samples']} bad samples skipped)")
+                resumable = ctx.rank == 0 and every and epoch % every == 0 and epoch < self.total
+                with tempfile.TemporaryDirectory() as tmp:  # the report hook copies it to run storage
+                    saved = checkpoint.save(Path(tmp), wrapped, optimizer, scheduler, epoch, epoch * steps,
+                                            self.history, stage=index) if resumable else None
+                    ctx.report(metrics, str(saved) if saved else None)
+        except engine.Diverged as err:  # every rank diverges at the same step (train_step agrees across ranks)
+            raise RunStopped("diverged", ValueError(f"{err} of epoch {epoch}"), self.history, collective=True) from err
+        except BadDataError as err:
+            raise RunStopped("failed", err, self.history, err.collective) from err
 
 
 def _gathered_bad(batches: CountedBatches, ctx: engine.RunContext) -> BadSamples:
@@ -257,53 +355,102 @@ def _missing(paths: RunPaths, name: str, emb: evaluate.Embeddings) -> int:
     return max(0, read_manifest(paths.dataset(name)).num_samples - len(emb.keys))
 
 
-def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device, cache: bool) -> evaluate.Embeddings:
+def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device,
+            cache: embed_cache.EmbeddingCache | None) -> evaluate.Embeddings:
     manifest = read_manifest(paths.dataset(name))
     encode = lambda: _encode_share(cfg, manifest, bundle, model, device)  # noqa: E731
-    if not cache:
+    if cache is None:
         return encode()
-    return evaluate.cached_embeddings(paths.run_dir / "embeddings" / f"{name}.pt", encode)
+    return evaluate.Embeddings.from_dict(cache.get_or_build(_cache_path(cfg, paths, cache, name),
+                                                            lambda: encode().as_dict()))
 
 
-def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext
+def model_cache(cfg: Config, bundle, model, log=print) -> embed_cache.EmbeddingCache:
+    """The shared embedding cache of these weights (harness.embed_cache)."""
+    return embed_cache.for_bundle(bundle, model, cfg.model.arch,
+                                  models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained), log=log)
+
+
+def _cache_path(cfg: Config, paths: RunPaths, cache: embed_cache.EmbeddingCache, name: str) -> Path:
+    return cache.path(paths.dataset(name), "features", allow_bad=cfg.eval.allow_bad_samples)
+
+
+def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext,
+                     cache: embed_cache.EmbeddingCache | None = None
                      ) -> tuple[dict[str, evaluate.Embeddings] | None, dict[str, list[int]]]:
     """Encode ID test and every OoD test set with the work split across ranks by shard.
 
     Each rank encodes the shards ``rank::world_size`` of each set (none when the set
     has fewer shards than ranks), so every sample is encoded exactly once; rank 0
-    gathers the parts, in rank order, and caches each set in ``embeddings/``. A set
-    already cached is read instead (every rank checks, so all skip it together).
-    Returns (the embeddings on rank 0, else None; samples encoded by each rank).
+    gathers the parts, in rank order, and stores each set in the shared embedding cache
+    (harness.embed_cache). A set already cached for these weights is read instead (every
+    rank checks, so all skip it together). Returns (the embeddings on rank 0, else None;
+    samples encoded by each rank).
     """
+    cache = cache or model_cache(cfg, bundle, model)
     embeddings, counts = {}, {}
-    for name in (cfg.data.id_test, *cfg.data.ood_test):
-        cache = paths.run_dir / "embeddings" / f"{name}.pt"
+    for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test)):  # a set named twice is encoded once
+        path = _cache_path(cfg, paths, cache, name)
         part = None
-        if not cache.is_file():
+        if not path.is_file():
             part = _encode_share(cfg, read_manifest(paths.dataset(name)), bundle, model, ctx.device,
                                  ctx.rank, ctx.world_size)
         parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
         counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
         if ctx.rank != 0:
             continue
-        if cache.is_file():
-            embeddings[name] = evaluate.Embeddings.load(cache)
-            continue
         present = [p for p in parts if p is not None]
-        if not present:
+        if not path.is_file() and not present:
             raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
-        embeddings[name] = evaluate.Embeddings(torch.cat([p.features for p in present]),
-                                               torch.cat([p.labels for p in present]),
-                                               [k for p in present for k in p.keys])
-        embeddings[name].save(cache)
+        whole = lambda: evaluate.Embeddings(torch.cat([p.features for p in present]),  # noqa: E731
+                                            torch.cat([p.labels for p in present]),
+                                            [k for p in present for k in p.keys]).as_dict()
+        embeddings[name] = evaluate.Embeddings.from_dict(cache.get_or_build(path, whole))
     return (embeddings if ctx.rank == 0 else None), counts
 
 
-def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) -> dict[str, float]:
-    """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set."""
-    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
-    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache=False)
-    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache=False)
+def link_into_run(cache_file: Path, run_file: Path) -> None:
+    """``run_file`` as a hard link to the cache entry (a copy across file systems), for readers of
+    the run directory (the report's gap projection)."""
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_file.with_name(f".{run_file.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(cache_file, tmp)
+    except OSError:
+        shutil.copyfile(cache_file, tmp)
+    os.replace(tmp, run_file)
+
+
+def text_side(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
+              cache: embed_cache.EmbeddingCache | None) -> evaluate.TextSide:
+    """The class side every score uses: the method's classifier and the negative labels mined with the
+    model's text encoder, from the cache of its weights when given (the digest covers a method's head
+    and learned prompts)."""
+    method = getattr(model, "_method", None)
+
+    def build():  # the method's classifier (harness.classifier; a bare CLIP's class prompts) + the negatives
+        classifier = method.classifier(model, bundle.tokenizer, classnames, cfg.eval, device) if method else None
+        return evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device,
+                                        csp_path=paths.csp_negatives(cfg), classifier=classifier)
+
+    if cache is None:
+        return build()
+    e = cfg.eval
+    path = cache.text_path(classnames=list(classnames), prompts=[e.eval_prompt, e.noun_prompt, e.adjective_prompt],
+                           negatives=embed_cache.file_checksum(paths.negatives(cfg)),
+                           csp=embed_cache.file_checksum(paths.csp_negatives(cfg)) if "csp" in e.scores else None,
+                           with_csp="csp" in e.scores, percentile=e.neg_percentile, ratio=e.neg_ratio)
+    return evaluate.TextSide.from_dict(cache.get_or_build(path, lambda: build().as_dict()))
+
+
+def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
+             cache: embed_cache.EmbeddingCache | None = None) -> dict[str, float]:
+    """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set.
+    ``cache``: the final weights' embedding cache (None during training: the weights change)."""
+    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
+    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache)
+    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache)
     score = cfg.eval.selection_score
     ood_cfg = cfg.eval.model_copy(update={"scores": (score,)})
     metrics = evaluate.ood_table(evaluate.compute_scores(id_emb.features, text, ood_cfg, cfg.seed),
@@ -315,27 +462,45 @@ def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device) ->
 
 
 def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
-         embeddings: dict[str, evaluate.Embeddings] | None = None) -> dict:
-    """Encode ID test and every OoD test set once (cached), then compute every score from the cache.
+         embeddings: dict[str, evaluate.Embeddings] | None = None,
+         cache: embed_cache.EmbeddingCache | None = None) -> dict:
+    """Encode ID test and every OoD test set once (shared cache), then compute every score from the cache.
     ``embeddings``: the sets already encoded (e.g. across ranks by :func:`encode_test_sets`).
 
     Writes ``scores.pt`` ({"keys": {dataset: [key, ...]}, "scores": {dataset: {score: (N,) tensor}}},
-    both in eval read order) and ``embeddings/text.pt`` (the TextSide), and measures the
-    modality gap on the ID test set (harness.gap). ``test_bad_samples``: per set, the samples
-    skipped as bad (eval.allow_bad_samples).
+    in eval read order), with stream scores ``paired_scores.pt`` ({OoD dataset: {score: {"id": (N_id,),
+    "ood": (N_ood,)}}}, the ID scores of that pair)
+    and ``embeddings/text.pt`` (the TextSide), and measures the modality gap on the ID test set
+    (harness.gap). ``test_bad_samples``: per set, the samples skipped as bad (eval.allow_bad_samples).
+    ``skipped_scores``: selected scores this run's model cannot provide inputs for, with the reason.
     """
-    text = evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device)
+    cache = cache or model_cache(cfg, bundle, model)
+    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
     if embeddings is None:
-        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache=True)
-                      for name in (cfg.data.id_test, *cfg.data.ood_test)}
-    scores = {name: evaluate.compute_scores(emb.features, text, cfg.eval, cfg.seed) for name, emb in embeddings.items()}
+        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache)
+                      for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test))}
+    train_dir = paths.dataset(cfg.data.train)
+    kept, skipped = score_inputs.plan(cfg.eval.scores, score_inputs.available_inputs(
+        model, cfg.eval, (train_dir / "manifest.json").is_file()))
+    ecfg = cfg.eval.model_copy(update={"scores": kept})
+    scores = {name: evaluate.compute_scores(emb.features, text, ecfg, cfg.seed, score_inputs.provide(
+        kept, cache, model, bundle, paths.dataset(name), text, ecfg, device, train_dir, cfg.seed))
+        for name, emb in embeddings.items()}
     id_emb, id_scores = embeddings[cfg.data.id_test], scores[cfg.data.id_test]
+    paired = {name: evaluate.stream_scores(id_emb.features, embeddings[name].features, text, ecfg, cfg.seed)
+              for name in cfg.data.ood_test}
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"keys": {name: emb.keys for name, emb in embeddings.items()}, "scores": scores},
                paths.run_dir / "scores.pt")
+    if any(paired.values()):
+        torch.save({d: {s: {"id": i, "ood": o} for s, (i, o) in by.items()} for d, by in paired.items()},
+                   paths.run_dir / "paired_scores.pt")
     text.save(paths.run_dir / "embeddings" / "text.pt")
+    link_into_run(_cache_path(cfg, paths, cache, cfg.data.id_test),
+                  paths.run_dir / "embeddings" / f"{cfg.data.id_test}.pt")
     ood_scores = {name: scores[name] for name in cfg.data.ood_test}
-    return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores),
+    return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores, paired),
             "num_negatives": len(text.negative_labels), "negatives_sample": text.negative_labels[:20],
             "test_bad_samples": {name: _missing(paths, name, emb) for name, emb in embeddings.items()},
+            "skipped_scores": skipped,
             "gap": gap.measures(id_emb.features, id_emb.labels, text.class_features, seed=cfg.seed)}

@@ -30,6 +30,9 @@ DEFAULT_DIR = Path("/usr/share/wordnet")
 NOUN_EXCLUDED = {5: "noun.animal", 13: "noun.food"}
 NOUN_FILES = range(3, 29)  # 03 noun.Tops ... 28 noun.time
 ADJ_FILES = {0: "adj.all", 1: "adj.pert", 44: "adj.ppl"}
+# CSP's selection (NeurIPS 2024) also drops noun.group, noun.person, noun.quantity and adj.pert.
+CSP_NOUN_EXCLUDED = {**NOUN_EXCLUDED, 14: "noun.group", 18: "noun.person", 24: "noun.quantity"}
+CSP_ADJ_FILES = {0: "adj.all", 44: "adj.ppl"}
 
 _MARKER = re.compile(r"\((a|p|ip)\)$")
 
@@ -67,16 +70,21 @@ def normalise(word: str) -> str:
     return _MARKER.sub("", word).replace("_", " ").strip()
 
 
-def select(wordnet_dir: str | Path = DEFAULT_DIR, exclude: Iterable[str] = ()) -> Selection:
+def select(wordnet_dir: str | Path = DEFAULT_DIR, exclude: Iterable[str] = (), mode: str = "neglabel") -> Selection:
     """NegLabel's candidates: nouns first, then adjectives, each de-duplicated case-insensitively
     within its kind (the first spelling wins), minus any word equal to an ``exclude`` name
-    (the ID class names: an ID label is never a negative)."""
+    (the ID class names: an ID label is never a negative). ``mode="csp"``: CSP's lexicographer
+    files instead (the conjugated phrases are added by harness.negatives.conjugate)."""
+    if mode not in ("neglabel", "csp"):
+        raise WordNetError(f"mode must be neglabel or csp, got {mode!r}")
+    noun_out = CSP_NOUN_EXCLUDED if mode == "csp" else NOUN_EXCLUDED
+    adj_in = CSP_ADJ_FILES if mode == "csp" else ADJ_FILES
     root = Path(wordnet_dir)
     excluded = {e.strip().lower() for e in exclude}
     out: list[Candidate] = []
     counts: dict[str, int] = {}
-    for kind, filename, keep in (("noun", "data.noun", lambda lex: lex in NOUN_FILES and lex not in NOUN_EXCLUDED),
-                                 ("adj", "data.adj", lambda lex: lex in ADJ_FILES)):
+    for kind, filename, keep in (("noun", "data.noun", lambda lex: lex in NOUN_FILES and lex not in noun_out),
+                                 ("adj", "data.adj", lambda lex: lex in adj_in)):
         path = root / filename
         if not path.is_file():
             raise WordNetError(f"WordNet database file missing: {path} (install Debian's wordnet-base, or pass "

@@ -16,20 +16,73 @@ def test_every_sweep_file_loads(path):
 
 def test_defaults_load_without_a_file():
     cfg = config.load(None)
-    assert cfg.loss.lam == 0 and cfg.method() == "flyp"
+    assert cfg.method.name == "flyp" and cfg.method() == "flyp"
 
 
 def test_override_sets_a_typed_value(tmp_path):
-    cfg = config.load(None, ["loss.lam=0.25", "schedule.epochs=3", "data.ood_test=[a, b]"])
-    assert cfg.loss.lam == 0.25 and cfg.schedule.epochs == 3 and cfg.data.ood_test == ("a", "b")
+    cfg = config.load(None, ["method.name=cma", "method.lam=0.25", "schedule.epochs=3", "data.ood_test=[a, b]"])
+    assert cfg.method.lam == 0.25 and cfg.schedule.epochs == 3 and cfg.data.ood_test == ("a", "b")
     assert cfg.method() == "cma"
 
 
 def test_unknown_key_is_named_with_allowed_keys():
     with pytest.raises(ConfigError) as err:
-        config.load(None, ["loss.lamb=0.1"])
-    assert "loss.lamb: unknown key" in str(err.value)
-    assert "allowed: name, lam" in str(err.value)
+        config.load(None, ["method.name=cma", "method.lamb=0.1"])
+    assert "method.lamb: method cma takes no parameter 'lamb' (cma takes: name, lam)" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["optim.lrr=0.1"])
+    assert "optim.lrr: unknown key" in str(err.value) and "allowed: lr, weight_decay" in str(err.value)
+
+
+def test_a_parameter_of_another_method_is_refused():
+    """The silent mismatch of the old loss section (clip loss trained with lam 0.5, recorded as cma)."""
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["method.name=flyp", "method.lam=0.5"])
+    assert "method.lam" in str(err.value) and "flyp takes no parameter 'lam'" in str(err.value)
+
+
+def test_unknown_method_lists_the_registered_ones():
+    from harness import methods
+
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["method.name=clip"])
+    assert "unknown method 'clip'" in str(err.value)
+    assert all(name in str(err.value) for name in methods.names())
+
+
+def test_the_old_loss_section_says_what_to_write(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("loss:\n  name: cma\n  lam: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert "the loss: section is gone" in str(err.value) and "method: {name: cma, lam: 0.1}" in str(err.value)
+    with pytest.raises(ConfigError, match="--set method.name=flyp"):
+        config.load(None, ["loss.lam=0"])
+
+
+def test_search_space_over_methods_is_checked_per_method(tmp_path):
+    ok = config.load(None, ["search.space={method.name: {grid: [zero-shot, flyp, lp]}}"])
+    assert ok.search.space["method.name"].grid == ["zero-shot", "flyp", "lp"]
+    sections = config.load(None, ["search.space={method: {grid: [{name: flyp}, {name: cma, lam: 0.1}]}}"])
+    assert sections.search.space["method"].grid[1] == {"name": "cma", "lam": 0.1}
+    with pytest.raises(ConfigError, match="method flyp takes no parameter 'lam'"):
+        config.load(None, ["search.space={method.name: {grid: [cma, flyp]}, method.lam: {grid: [0.1]}}"])
+    with pytest.raises(ConfigError, match="unknown method 'clip'"):
+        config.load(None, ["search.space={method.name: {grid: [flyp, clip]}}"])
+    with pytest.raises(ConfigError, match="method.lam"):
+        config.load(None, ["method.name=cma", "search.space={method.lam: {grid: [0.1, -1]}}"])
+
+
+def test_non_training_methods_share_one_run_id_whatever_the_schedule():
+    a = config.load(None, ["method.name=zero-shot", "schedule.epochs=3"])
+    assert a.fingerprint() == config.load(None, ["method.name=zero-shot", "optim.lr=1"]).fingerprint()
+    assert a.fingerprint() != config.load(None, ["schedule.epochs=3"]).fingerprint()
+
+
+def test_lp_ft_needs_an_ft_stage():
+    with pytest.raises(ConfigError, match="method.lp_epochs \\(2\\) must be less than schedule.epochs \\(2\\)"):
+        config.load(None, ["method.name=lp-ft", "method.lp_epochs=2", "schedule.epochs=2"])
+    assert config.load(None, ["method.name=lp-ft", "schedule.epochs=0"]).method.lp_epochs == 1
 
 
 def test_unknown_section_is_named():
@@ -39,8 +92,8 @@ def test_unknown_section_is_named():
 
 def test_bad_value_names_key_and_allowed_values():
     with pytest.raises(ConfigError) as err:
-        config.load(None, ["loss.name=focal"])
-    assert "loss.name" in str(err.value) and "'cma'" in str(err.value) and "'clip'" in str(err.value)
+        config.load(None, ["model.precision=fp8"])
+    assert "model.precision" in str(err.value) and "'fp32'" in str(err.value) and "'bf16'" in str(err.value)
     with pytest.raises(ConfigError, match="optim.lr: Input should be greater than 0"):
         config.load(None, ["optim.lr=-1"])
     with pytest.raises(ConfigError, match="schedule.epochs"):
@@ -49,14 +102,14 @@ def test_bad_value_names_key_and_allowed_values():
 
 def test_search_space_keys_must_exist(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("search:\n  space:\n    loss.lamda: {grid: [0, 1]}\n")
-    with pytest.raises(ConfigError, match="unknown key 'loss.lamda' \\(loss allows: lam, name\\)"):
+    path.write_text("search:\n  space:\n    optim.lrr: {grid: [0, 1]}\n")
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr' \\(optim allows: beta1, beta2"):
         config.load(path)
 
 
 def test_param_space_needs_exactly_one_distribution(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("search:\n  space:\n    loss.lam: {grid: [0, 1], uniform: [0, 1]}\n")
+    path.write_text("search:\n  space:\n    optim.lr: {grid: [0, 1], uniform: [0, 1]}\n")
     with pytest.raises(ConfigError, match="exactly one of grid"):
         config.load(path)
 
@@ -75,20 +128,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         config.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("loss: [unclosed\n")
+    bad.write_text("method: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(bad)
     with pytest.raises(ConfigError, match="dotted.key=value"):
-        config.load(None, ["loss.lam"])
+        config.load(None, ["method.lam"])
 
 
 def test_fingerprint_ignores_tracking_but_not_science():
     a = config.load(None)
     assert a.fingerprint() == config.load(None, ["tracking.experiment=other"]).fingerprint()
-    assert a.fingerprint() != config.load(None, ["loss.lam=0.1"]).fingerprint()
+    assert a.fingerprint() != config.load(None, ["method.name=cma", "method.lam=0.1"]).fingerprint()
 
 
 def test_flatten_gives_dotted_scalars():
     flat = config.flatten(config.load(None))
-    assert flat["loss.lam"] == 0.0 and flat["model.arch"] == "tiny-vit-32"
+    assert flat["method.name"] == "flyp" and flat["method.templates"] == "single" and flat["model.arch"] == "tiny-vit-32"
+    assert config.flatten(config.load(None, ["method.name=cma", "method.lam=0.1"]))["method.lam"] == 0.1
     assert all(not isinstance(v, (dict, list)) for v in flat.values())

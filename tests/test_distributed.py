@@ -226,6 +226,7 @@ def test_optuna_sweep_with_asha_is_tracked_on_an_mlflow_server(world, tmp_path, 
     from harness import cli, results
 
     config = _config(tmp_path, schedule={"epochs": 2}, tracking={"mlflow_uri": mlflow_server},
+                     method={"name": "cma"},
                      search={"algorithm": "optuna", "num_samples": 3, "scheduler": "asha", "grace_period": 1,
                              "space": {"loss.lam": {"loguniform": [0.001, 1.0]}}})
     out = tmp_path / "out"
@@ -241,7 +242,7 @@ def test_optuna_sweep_with_asha_is_tracked_on_an_mlflow_server(world, tmp_path, 
     children = logged[logged["tags.harness.kind"] == "run"]
     assert len(parent) == 1 and len(children) == 4
     assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
-    assert set(children["params.loss.lam"].astype(float)) == set(runs["lam"])
+    assert set(children["params.method.lam"].dropna().astype(float)) == set(trials["lam"])
 
 
 def _result_files(out: Path) -> dict[Path, float]:
@@ -254,7 +255,8 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(world, t
     from harness import results
 
     config = _config(tmp_path, schedule={"epochs": 1, "checkpoint_every": 0}, resources={"max_concurrent_trials": 1},
-                     search={"space": {"loss.lam": {"grid": [0.0, 0.01, 0.1]}}})
+                     search={"space": {"method": {"grid": [{"name": "flyp"}, {"name": "cma", "lam": 0.01},
+                                                           {"name": "cma", "lam": 0.1}]}}})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "harness.cli", "sweep", str(config), "--out", str(out)]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

@@ -15,7 +15,7 @@ SMALL = {
     "schedule": {"epochs": 1, "warmup_steps": 2},
     "optim": {"lr": 5e-4},
     "eval": {"neg_ratio": 0.3},
-    "search": {"space": {"loss.lam": {"grid": [0.0, 0.5]}}},
+    "search": {"space": {"method": {"grid": [{"name": "flyp"}, {"name": "cma", "lam": 0.5}]}}},
 }
 
 
@@ -85,7 +85,7 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
         assert "% [95% CI]" in (Path(client.download_artifacts(child, "report.md", str(tmp_path)))).read_text()
 
     # `harness train` of the CMA trial's config is the same run: its rows are replaced, not added.
-    assert cli.main(["train", str(path), "--out", str(out), "--set", "loss.lam=0.5"]) == 0
+    assert cli.main(["train", str(path), "--out", str(out), "--set", "method.name=cma", "--set", "method.lam=0.5"]) == 0
     again = results.read(out / "results", results.RUNS)
     assert len(again) == 3 and sorted(again["run_id"]) == sorted(runs["run_id"])
     assert len(results.read(out / "results", results.OOD)) == 3 * 5 * 2

@@ -21,7 +21,7 @@ SMALL = {
     "model": {"arch": "tiny-vit-32", "pretrained": None},
     "data": {"source": "synthetic", "synthetic_size": "small", "batch_size": 32},
     "schedule": {"epochs": 1, "warmup_steps": 2},
-    "search": {"space": {"loss.lam": {"grid": [0.0, 0.5]}}},
+    "search": {"space": {"method": {"grid": [{"name": "flyp"}, {"name": "cma", "lam": 0.5}]}}},
 }
 
 
@@ -62,8 +62,14 @@ def assert_rejected(done: subprocess.CompletedProcess, env: dict, *expected: str
 # (arguments, what the message must contain); {config}, {tmp} and {port} are filled in.
 TRAIN_CASES = {
     "missing config": (["train", "{tmp}/nope.yaml"], ["config file not found: {tmp}/nope.yaml"]),
-    "unknown key": (["train", "{config}", "--set", "loss.lamb=1"], ["loss.lamb: unknown key (allowed: name, lam)"]),
-    "bad literal": (["train", "{config}", "--set", "loss.name=focal"], ["loss.name", "'cma'", "'clip'"]),
+    "unknown key": (["train", "{config}", "--set", "method.name=cma", "--set", "method.lamb=1"],
+                    ["method.lamb: method cma takes no parameter 'lamb' (cma takes: name, lam)"]),
+    "another method's parameter": (["train", "{config}", "--set", "method.name=flyp", "--set", "method.lam=0.5"],
+                                   ["method.lam: method flyp takes no parameter 'lam'"]),
+    "old loss section": (["train", "{config}", "--set", "loss.lam=0.5"],
+                         ["the loss: section is gone", "method: {{name: cma, lam: 0.5}}"]),
+    "bad literal": (["train", "{config}", "--set", "model.precision=fp8"], ["model.precision", "'fp32'", "'bf16'"]),
+    "unknown method": (["train", "{config}", "--set", "method.name=clip"], ["unknown method 'clip'", "flyp", "cma"]),
     "bad number": (["train", "{config}", "--set", "optim.lr=-1"], ["optim.lr: Input should be greater than 0"]),
     "zero workers": (["train", "{config}", "--workers", "0"], ["resources.num_workers"]),
     "unknown arch": (["train", "{config}", "--set", "model.arch=nope"],

@@ -82,7 +82,7 @@ def test_a_writer_killed_mid_write_leaves_every_previous_table(tmp_path):
 
 def test_recording_the_same_run_again_changes_no_row(tmp_path):
     run_dir = scores_file(tmp_path / "r1", 40)
-    cfg = config.load(None, ["loss.lam=0.1"])
+    cfg = config.load(None, ["method.name=cma", "method.lam=0.1"])
     results.record_run(tmp_path / "res", "r0", "s", cfg, SUMMARY, run_dir=scores_file(tmp_path / "r0", 40))
     results.record_run(tmp_path / "res", "r1", "s", cfg, SUMMARY, run_dir=run_dir)
     first = tables(tmp_path / "res")
@@ -135,7 +135,8 @@ def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     cfg = config.load(None, ["tracking.mlflow_uri=sqlite:////proc/no-such-dir/mlflow.db", "name=defer"])
     records = []
     for lam in (0.0, 0.1):
-        trial = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"lam": lam})})
+        trial = config.load(None, ["tracking.mlflow_uri=sqlite:////proc/no-such-dir/mlflow.db", "name=defer",
+                                   *(["method.name=cma", f"method.lam={lam}"] if lam else [])])
         rid = f"defer-{lam}"
         (out / "runs" / rid).mkdir(parents=True)
         (out / "runs" / rid / "result.json").write_text(json.dumps(SUMMARY))
@@ -158,7 +159,7 @@ def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     children = logged[logged["tags.harness.kind"] == "run"]
     assert sorted(children[f"tags.{tracking.RUN_ID_TAG}"]) == ["defer-0.0", "defer-0.1"]
     assert (logged["tags.harness.kind"] == "sweep").sum() == 1
-    assert sorted(children["params.loss.lam"].astype(float)) == [0.0, 0.1]
+    assert sorted(children["params.method.name"]) == ["cma", "flyp"]
     assert children["metrics.id_accuracy"].notna().all()
 
 
@@ -204,7 +205,7 @@ def test_a_sweep_with_mlflow_down_completes_warns_once_and_syncs_later(world, tm
         "eval": {"scores": ["mcm", "msp"], "selection_score": "mcm"},
         "tracking": {"mlflow_uri": f"http://alice:{SECRET_URI}@127.0.0.1:{port}"},
         # ASHA with grace = max_t stops nothing; it makes the single-worker trial run in-process (cheap).
-        "search": {"scheduler": "asha", "grace_period": 2, "space": {"loss.lam": {"grid": [0.1]}}}}))
+        "search": {"scheduler": "asha", "grace_period": 2, "space": {"method": {"grid": [{"name": "cma", "lam": 0.1}]}}}}))
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_TRACKING_PASSWORD": SECRET_ENV}
     cli = [sys.executable, "-m", "harness.cli"]

@@ -25,7 +25,8 @@ LOAD = {
     # ASHA with grace_period = max_t (epochs + 1) stops no trial; it is here because single-worker
     # trials then run inside their Tune trial (ray_layer.trials_in_process), reusing its process.
     "search": {"algorithm": "grid", "scheduler": "asha", "grace_period": 2,
-               "space": {"loss.lam": {"grid": LAMS}, "optim.lr": {"grid": LRS}}},
+               "space": {"method": {"grid": [{"name": "cma", "lam": lam} if lam else {"name": "flyp"} for lam in LAMS]},
+                         "optim.lr": {"grid": LRS}}},
 }
 
 

@@ -9,8 +9,9 @@ import torch
 from harness import cli, config, evaluate, report, report_stats, results, uncertainty
 
 SETS = ("iNaturalist", "SUN", "Places", "Textures")
-# method -> (lam, epochs, how far OoD scores sit below ID: larger = better separation)
-METHODS = {"zero-shot": (0.0, 0, 0.6), "flyp": (0.0, 2, 1.0), "cma": (0.1, 2, 1.6)}
+# method -> (method section, epochs, how far OoD scores sit below ID: larger = better separation)
+METHODS = {"zero-shot": ({"name": "zero-shot"}, 0, 0.6), "flyp": ({"name": "flyp"}, 2, 1.0),
+           "cma": ({"name": "cma", "lam": 0.1}, 2, 1.6)}
 
 
 def _scores(seed: int, shift: float) -> tuple[dict, dict]:
@@ -26,9 +27,9 @@ def _scores(seed: int, shift: float) -> tuple[dict, dict]:
 
 
 def _record(out, method: str, seed: int) -> str:
-    lam, epochs, shift = METHODS[method]
+    section, epochs, shift = METHODS[method]
     cfg = config.load(None, {"name": "mos-test", "seed": seed, "data.source": "shards", "data.ood_test": list(SETS),
-                             "schedule.epochs": epochs, "loss.lam": lam})
+                             "schedule.epochs": epochs, "method": section})
     run_id = f"{cfg.name}-{cfg.method()}-{cfg.fingerprint()}"
     keys, scores = _scores(seed * 10 + len(method), shift)
     run_dir = out / "runs" / run_id

@@ -17,7 +17,7 @@ def summary(acc):
 
 
 def test_recording_a_run_again_replaces_its_rows(tmp_path):
-    cfg = config.load(None, ["loss.lam=0.1"])
+    cfg = config.load(None, ["method.name=cma", "method.lam=0.1"])
     results.record_run(tmp_path, "r1", "s", cfg, summary(0.5))
     results.record_run(tmp_path, "r2", "s", cfg, summary(0.6))
     results.record_run(tmp_path, "r1", "s", cfg, summary(0.9))

@@ -188,6 +188,7 @@ def train_pipeline(
     shuffle_buffer: int = 1000,
     start_epoch: int = 0,
     shard_samples: Sequence[int] | None = None,
+    keys: frozenset[str] | None = None,
 ) -> wds.DataPipeline:
     """Endless batches of (images float[B,3,H,W], tokens long[B,L], labels long[B]), with a
     :class:`BadSamples` item in the stream wherever bad samples were skipped (count them with
@@ -199,7 +200,7 @@ def train_pipeline(
     maps an RGB PIL image to a (3, H, W) tensor; the batches equal stacking its outputs
     (open_clip's transforms take the batched fast path of harness.data.transforms).
     ``shard_samples``: the manifest's count per shard, so that a shard ending early counts
-    its lost samples.
+    its lost samples. ``keys``: train on these samples only (by ``__key__``; e.g. a few-shot subset).
     """
     fast = split(transform)
 
@@ -222,6 +223,7 @@ def train_pipeline(
         lambda: _shards_forever(sources, seed, rank, world_size, start_epoch),
         wds.split_by_worker,
         lambda shards: _read_shards(shards, strict=False),  # tario: faster than tarfile_to_samples on local files
+        wds.select(lambda s: keys is None or isinstance(s, BadSamples) or s.get("__key__") in keys),
         wds.shuffle(shuffle_buffer, rng=random.Random(seed + rank)),
         wds.map(_guarded(to_pair, strict=False)),  # decodes only the image: no JSON parsing, no copies
         lambda rows: _batches(rows, batch_size, collate, partial=False, keep_bad=True),

@@ -1,0 +1,31 @@
+"""CSP (Chen et al. NeurIPS 2024): NegLabel over the conjugated semantic pool.
+
+The pool extends NegLabel's mined negatives with "conjugated" phrases, each mined adjective
+combined with a superclass word (environment, space, object, ...); see
+harness.negatives.conjugate and `harness negatives --mode csp`. The score is NegLabel's formula,
+group count and remainder rule over that pool.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.scores import naive
+from harness.scores.neglabel_score import from_config, neglabel
+from harness.scores.registry import register
+
+
+def csp(image_features: torch.Tensor, class_text_features: torch.Tensor, pool_text_features: torch.Tensor,
+        temperature: float = 0.01, groups: int = 1, seed: int = 0, *, remainder: str = "shuffled") -> torch.Tensor:
+    """NegLabel (harness.scores.neglabel) with CSP's conjugated pool as the negatives; (N,)."""
+    return neglabel(image_features, class_text_features, pool_text_features, temperature, groups, seed,
+                    remainder=remainder)
+
+
+def _reference(inputs, cfg, seed):
+    return naive.neglabel(inputs.features, inputs.class_text, inputs.csp_negatives, cfg.neg_temperature,
+                          cfg.neg_groups, seed, cfg.neg_remainder)
+
+
+register("csp", needs=("features", "class_text", "csp_negatives"), reference=_reference,
+         compute=lambda inputs, cfg, seed: from_config(inputs, cfg, seed, inputs.csp_negatives))(csp)

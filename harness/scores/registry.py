@@ -1,0 +1,108 @@
+"""The score registry: each score module registers its function beside its definition, with the
+inputs it needs and how to compute it from what the evaluator provides.
+
+A score declares its inputs by name (:data:`INPUTS`); the evaluator builds only what the
+selected scores declare (harness.evaluate) and hands them over as :class:`ScoreInputs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+# What a score may ask for. The evaluator knows how to provide each of these.
+INPUTS = {
+    "features": "L2-normalised pooled image features (N, D) of the set being scored",
+    "class_text": "L2-normalised ID class-prompt features (C, D) and the logit scale",
+    "negatives": "L2-normalised mined negative-label prompt features (M, D)",
+    "csp_negatives": "L2-normalised prompt features of CSP's conjugated negative pool (M', D)",
+    "patches": "per-image patch-level result: max over patches and classes of the local softmax (N,)",
+    "logits": "the run's classifier logits (N, C): the method's head, else logit_scale x cosine",
+    "train_features": "L2-normalised pooled features of ID-train images (the KNN bank)",
+    "model": "the model itself (input gradients), through a per-image result computed by the evaluator",
+    "stream": "the ID and OoD test features of one pair, mixed into a test stream (test-time scores)",
+}
+
+
+@dataclass
+class ScoreInputs:
+    """What the evaluator provides for one set (or, for stream scores, one ID/OoD pair).
+
+    Fields a selected score did not declare may be None. ``extra`` carries per-image results
+    computed by the evaluator from the model (``patches``: "local_mcm"; ``model``: "odin").
+    """
+
+    features: torch.Tensor | None = None
+    class_text: torch.Tensor | None = None
+    logit_scale: float = 1.0
+    negatives: torch.Tensor | None = None
+    csp_negatives: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    train_features: torch.Tensor | None = None
+    id_features: torch.Tensor | None = None  # stream scores: the ID side of the pair
+    local_features: torch.Tensor | None = None  # (N, P, D) patch features, when held whole (tests)
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> logits (model scores)
+    images: torch.Tensor | None = None  # the set's preprocessed images, when held whole (tests)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Compute = Callable[[ScoreInputs, Any, int], Any]
+"""(inputs, harness.config.EvalConfig, seed) -> (N,) scores; a stream score returns (id, ood)."""
+Reference = Compute
+"""The same contract, computed the slow obvious way (loops, explicit softmax): the test oracle."""
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A registered score: its name, its public function, the inputs it declares, and ``compute``
+    (how the evaluator calls it). ``stream``: scores one (ID, OoD) pair at a time, whose ID scores
+    depend on the OoD set it is mixed with."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    needs: frozenset[str]
+    compute: Compute
+    reference: Reference
+    stream: bool = False
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.fn(*args, **kwargs)
+
+
+SCORES: dict[str, Callable[..., torch.Tensor]] = {}
+SCORE_SPECS: dict[str, ScoreSpec] = {}
+
+
+class UnknownScoreError(KeyError, ValueError):
+    """An unknown score name; catchable as KeyError or ValueError."""
+
+    def __str__(self) -> str:  # KeyError would print the message's repr
+        return str(self.args[0])
+
+
+def register(name: str, needs: tuple[str, ...] | frozenset[str], compute: Compute, reference: Reference):
+    """Decorator: add ``fn`` under ``name`` with the inputs it ``needs``, how the evaluator computes
+    it and its test oracle; a duplicate name or an unknown input raises."""
+    needs = frozenset(needs)
+    unknown = sorted(needs - set(INPUTS))
+    if unknown:
+        raise ValueError(f"score {name!r}: unknown input(s) {unknown}; known: {sorted(INPUTS)}")
+
+    def add(fn):
+        if name in SCORES:
+            raise ValueError(f"score {name!r} is already registered")
+        SCORES[name] = fn
+        SCORE_SPECS[name] = ScoreSpec(name, fn, needs, compute, reference, stream="stream" in needs)
+        return fn
+
+    return add
+
+
+def get_score(name: str) -> ScoreSpec:
+    """The :class:`ScoreSpec` registered as ``name`` (callable like its function)."""
+    try:
+        return SCORE_SPECS[name]
+    except KeyError:
+        raise UnknownScoreError(f"unknown score {name!r}; registered scores: {sorted(SCORE_SPECS)}") from None

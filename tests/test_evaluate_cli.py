@@ -1,0 +1,77 @@
+"""`harness evaluate` end to end: a checkpoint on both paper suites (made of the small synthetic world's
+sets under the suites' names), the shared cache reused by a second evaluation, the run directory
+re-evaluated to the same rows."""
+
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from harness import cli, embed_cache, models, results, suites
+
+pytestmark = pytest.mark.slow
+
+# suite directory name -> the synthetic world's set it stands for
+STAND_INS = {"imagenet-val": "id_test", "iNaturalist": "far_ood", "SUN": "near_ood", "Places": "far_ood",
+             "Textures": "near_ood", "SSB-hard": "near_ood", "NINCO": "near_ood", "Textures-openood": "far_ood",
+             "OpenImage-O": "far_ood", "id_train": "id_train", "id_val": "id_val", "ood_val": "ood_val"}
+
+
+@pytest.fixture(scope="module")
+def suite_root(world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("suites")
+    for name, source in STAND_INS.items():
+        os.symlink(world / source, root / name)
+    os.symlink(world / "negatives.tsv", root / "negatives.tsv")
+    return root
+
+
+def _evaluate(capsys, *args):
+    code = cli.main(["evaluate", *args])
+    return code, capsys.readouterr().out
+
+
+def test_checkpoint_on_both_suites_then_the_cache_then_the_run_directory(suite_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
+    cache = tmp_path / "cache"
+    common = ["--weights", str(weights), "--suite", "mos", "--suite", "openood-v1.5", "--cache", str(cache),
+              "--set", "data.source=shards", "--set", f"data.root={suite_root}", "--set", "name=ev",
+              "--set", "eval.batch_size=64", "--scores", "mcm,neglabel,gl_mcm,knn,adaneg"]
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "first"))
+    assert code == 0, out
+    runs = results.read(tmp_path / "first" / "results", results.RUNS)
+    assert sorted(runs["suite"]) == ["mos", "openood-v1.5"] and set(runs["method"]) == {"zero-shot"}
+    ood = results.read(tmp_path / "first" / "results", results.OOD)
+    assert set(ood["score"]) == {"mcm", "neglabel", "gl_mcm", "knn", "adaneg"}
+    # every distinct set encoded once: iNaturalist serves both suites (features entries by set name)
+    names = [p.name.split(".")[0] for p in cache.glob("*/*.features.*.pt")]
+    assert sorted(names) == sorted(set(names)) and names.count("iNaturalist") == 1
+    report = (tmp_path / "first" / "report.md").read_text()
+    assert "mos" in report and "openood-v1.5" in report
+
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "second"))
+    assert code == 0 and "encoded nothing" in out
+    again = results.read(tmp_path / "second" / "results", results.OOD)
+    cols = ["run_id", "score", "dataset", "fpr95", "fpr95_ood_positive", "auroc", "aupr_in", "aupr_out"]
+    pd.testing.assert_frame_equal(ood[cols].sort_values(cols[:3]).reset_index(drop=True),
+                                  again[cols].sort_values(cols[:3]).reset_index(drop=True), rtol=0, atol=1e-9)
+
+    # the run directory as weights: its config comes along, the same rows come back
+    run_dir = next((tmp_path / "first" / "runs").iterdir())
+    code, out = _evaluate(capsys, "--weights", str(run_dir), "--cache", str(cache), "--out", str(tmp_path / "third"))
+    assert code == 0 and "encoded nothing" in out
+    third = results.read(tmp_path / "third" / "results", results.OOD)
+    mine = ood[ood["run_id"] == run_dir.name]
+    pd.testing.assert_frame_equal(mine[cols].sort_values(cols[:3]).reset_index(drop=True),
+                                  third[cols].sort_values(cols[:3]).reset_index(drop=True), rtol=0, atol=1e-9)
+    assert embed_cache.sizes(cache)
+
+
+def test_unknown_suite_and_missing_weights_exit_2(suite_root, tmp_path, capsys):
+    code, _ = _evaluate(capsys, "--weights", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o"))
+    assert code == 2
+    code = cli.main(["evaluate", "--weights", "synthetic", "--suite", "nope", "--out", str(tmp_path / "o")])
+    assert code == 2 and "nope" in capsys.readouterr().err
+    assert set(suites.SUITES) == {"mos", "openood-v1.5"}

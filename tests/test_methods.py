@@ -1,0 +1,271 @@
+"""The method registry: its contract, every registered method through a real Ray Train run, and
+each method's own identities (LP at epoch 0 is zero-shot, WiSE-FT's endpoints, CoOp trains only
+its context, LP-FT resumes in its second stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import config, methods, models
+from harness.classifier import Classifier
+from harness.config import MethodParams
+from harness.methods.prompts import fitting_ctx, locoop_regulariser
+
+ARCH = "tiny-vit-32"
+
+
+# ---- the registry's contract (fast) ----
+
+def test_every_method_declares_its_parts():
+    assert methods.names()[:3] == ["zero-shot", "flyp", "cma"]
+    for name, cls in methods.REGISTRY.items():
+        assert cls.name == name and cls.label and cls.colour and cls.description
+        assert cls.Params.model_fields["name"].default == name
+        assert config.load(None, {"method": cls.example("/nowhere")}).method() == name
+
+
+def test_a_duplicate_name_is_refused_and_an_unknown_one_lists_the_registered():
+    class Again(methods.Method):
+        name = "flyp"
+        Params = methods.get("flyp").Params
+
+    with pytest.raises(ValueError, match="'flyp' is already registered"):
+        methods.register(Again)
+    with pytest.raises(methods.UnknownMethodError) as err:
+        methods.get("clip")
+    assert all(n in str(err.value) for n in methods.names())
+
+
+def test_params_must_name_their_method():
+    class Wrong(methods.Method):
+        name = "wrong"
+        Params = MethodParams
+
+    with pytest.raises(ValueError, match="Literal"):
+        methods.register(Wrong)
+    assert "wrong" not in methods.REGISTRY
+
+
+def test_the_listing_shows_every_parameter_with_its_default():
+    text = methods.describe()
+    for name, cls in methods.REGISTRY.items():
+        assert f"\n{name}  (" in f"\n{text}"
+        for field, info in cls.Params.model_fields.items():
+            if field != "name":
+                assert f"method.{field}:" in text
+    assert "method.lam: float, default 0.001" in text and "method.source: str, required" in text
+
+
+# ---- the model paths the methods and scores share (fast) ----
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return models.build(ARCH, None)
+
+
+def test_class_token_of_image_tokens_is_encode_image_and_patches_are_normalised(tiny):
+    model = tiny.model.eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tokens = models.image_tokens(model, images)
+        patches = models.patch_tokens(model, images)
+        expected = model.encode_image(images)
+    grid = (32 // 8) ** 2
+    assert tokens.shape == (3, 1 + grid, 64) and patches.shape == (3, grid, 64)
+    torch.testing.assert_close(tokens[:, 0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(patches.norm(dim=-1), torch.ones(3, grid))
+    # Patches are ln_post + proj of the patch tokens, not copies of the class token.
+    assert (patches - torch.nn.functional.normalize(expected, dim=-1)[:, None]).abs().max() > 1e-3
+
+
+def test_text_encoder_on_given_embeddings_is_encode_text(tiny):
+    model = tiny.model.eval()
+    tokens = tiny.tokenizer(["a photo of a red circle", "a blue square"])
+    with torch.no_grad():
+        ours = models.encode_text_embeddings(model, model.token_embedding(tokens), tokens)
+        theirs = model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_coop_context_is_capped_to_fit_the_context_length(tiny):
+    assert fitting_ctx(tiny.tokenizer, ["red circle"], 4) == 4
+    room = 16 - int((tiny.tokenizer(["red circle."]) != 0).sum())
+    assert fitting_ctx(tiny.tokenizer, ["red circle"], 16) == room
+
+
+def test_classifier_logits_are_the_head_or_the_scaled_cosines():
+    features = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    plain = Classifier(text, 50.0)
+    torch.testing.assert_close(plain.logits(features), 50.0 * features @ text.T)
+    weight, bias = torch.randn(3, 4), torch.randn(3)
+    headed = Classifier(text, 50.0, weight, bias)
+    assert headed.has_head and not plain.has_head
+    torch.testing.assert_close(headed.logits(features), features @ weight.T + bias)
+
+
+def test_locoop_regulariser_by_hand():
+    # Two patches, three classes, label 0, top-1: patch 0 predicts class 0 (kept out), patch 1 class 2 (OoD).
+    logits = torch.tensor([[[3.0, 1.0, 0.0], [0.0, 1.0, 2.0]]])
+    p = torch.softmax(logits[0, 1], dim=0)
+    expected = (p * p.log()).sum()  # minus the entropy of the OoD patch
+    torch.testing.assert_close(locoop_regulariser(logits, torch.tensor([0]), top_k=1), expected)
+    assert locoop_regulariser(logits, torch.tensor([0]), top_k=3).item() == 0.0  # capped at 3 classes: none OoD
+
+
+# ---- every registered method through Ray Train (slow) ----
+
+def _base(world: Path, start: Path, tmp: Path) -> dict:
+    return {
+        "name": "methods",
+        "model": {"arch": ARCH, "pretrained": str(start)},
+        "data": {"source": "synthetic", "synthetic_size": "small", "batch_size": 32, "train": "id_val",
+                 "ood_test": ["near_ood"]},
+        "schedule": {"epochs": 2, "warmup_steps": 1, "checkpoint_every": 1},
+        "optim": {"lr": 1e-3},
+        "eval": {"scores": ["mcm", "neglabel", "msp", "energy"], "selection_score": "mcm", "neg_ratio": 0.3},
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_methods(world, tmp_path_factory):
+    """A private local Ray cluster, random starting weights saved as a file, and a finished FLYP run
+    (the source a WiSE-FT run interpolates towards)."""
+    from harness import prepare, ray_layer
+
+    tmp = tmp_path_factory.mktemp("methods")
+    torch.manual_seed(0)
+    start = models.save_weights(models.build(ARCH, None).model, tmp / "start.pt")
+    for attempt in range(3):  # a loaded machine can miss Ray's 30 s raylet start-up wait
+        try:
+            ray_layer.init(None, num_cpus=2)
+            break
+        except Exception:
+            ray_layer.shutdown()
+            if attempt == 2:
+                raise
+    out = tmp / "out"
+    base = _base(world, start, tmp)
+    cfg = config.from_dict(base, {"method": {"name": "flyp"}})
+    inputs = prepare.prepare_inputs(cfg, log=lambda *a: None)
+    ray_layer.fit(ray_layer.Job(cfg, inputs, out))
+    yield {"start": start, "out": out, "base": base, "inputs": inputs,
+           "flyp": out / "runs" / ray_layer.run_id(cfg) / "checkpoint"}
+    ray_layer.shutdown()
+
+
+def _fit(env, section: dict, **overrides):
+    from harness import ray_layer
+
+    cfg = config.from_dict(env["base"], {"method": section, **overrides})
+    summary = ray_layer.fit(ray_layer.Job(cfg, env["inputs"], env["out"]))
+    return cfg, summary, env["out"] / "runs" / ray_layer.run_id(cfg)
+
+
+def _changed(start: dict, run_dir: Path) -> set[str]:
+    final = torch.load(run_dir / "checkpoint" / "model.pt", weights_only=True)
+    assert set(final) == set(start)
+    return {k for k in start if not torch.equal(start[k], final[k])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_runs_through_ray_and_freezes_what_it_declares(ray_methods, name):
+    cls = methods.get(name)
+    cfg, summary, run_dir = _fit(ray_methods, cls.example(str(ray_methods["flyp"])))
+    assert summary["status"] == "finished" and summary["method"] == name
+    assert run_dir.name.startswith(f"methods-{name}-")
+    assert json.loads((run_dir / "checkpoint" / "method.json").read_text())["name"] == name
+    assert {r["score"] for r in summary["ood"]} == {"mcm", "neglabel", "msp", "energy"}
+    changed = _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
+    method = methods.build(cfg.method)
+    trainable = {p for stage in method.stages(cfg) for p in stage.trainable}
+    frozen = {k for k in changed if not f"clip.{k}".startswith(tuple(trainable))}
+    assert not frozen, f"{name} changed frozen parameters: {sorted(frozen)[:5]}"
+    if cls.trains and any(p.startswith("clip.") for p in trainable):
+        assert changed, f"{name} trained nothing"
+
+
+@pytest.mark.slow
+def test_lp_at_epoch_zero_is_zero_shot(ray_methods):
+    _, zero, _ = _fit(ray_methods, {"name": "zero-shot"})
+    _, lp, _ = _fit(ray_methods, {"name": "lp"}, **{"schedule.epochs": 0})
+    assert lp["id_accuracy"] == zero["id_accuracy"]
+    for ours, theirs in zip(lp["ood"], zero["ood"]):
+        assert (ours["score"], ours["dataset"]) == (theirs["score"], theirs["dataset"])
+        assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=1e-6), ours["score"]
+
+
+@pytest.mark.slow
+def test_wise_ft_endpoints_are_the_start_and_the_fine_tuned_run(ray_methods):
+    _, zero, _ = _fit(ray_methods, {"name": "zero-shot"})
+    flyp = json.loads((ray_methods["flyp"].parent / "result.json").read_text())
+    _, at0, _ = _fit(ray_methods, {"name": "wise-ft", "source": str(ray_methods["flyp"]), "alpha": 0.0})
+    _, at1, _ = _fit(ray_methods, {"name": "wise-ft", "source": ray_methods["flyp"].parent.name, "alpha": 1.0})
+    for got, want in ((at0, zero), (at1, flyp)):
+        assert got["id_accuracy"] == want["id_accuracy"] and got["gap"] == want["gap"]
+        assert [(r["score"], r["auroc"], r["fpr95"]) for r in got["ood"]] == \
+            [(r["score"], r["auroc"], r["fpr95"]) for r in want["ood"]]
+
+
+@pytest.mark.slow
+def test_coop_changes_only_its_context_vectors(ray_methods):
+    _, summary, run_dir = _fit(ray_methods, {"name": "coop", "n_ctx": 4, "shots": 4})
+    assert summary["train_samples"] == 4 * 20 and summary["n_ctx"] == 4
+    assert not _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
+    trained = torch.load(run_dir / "checkpoint" / "method.pt", weights_only=True)
+    assert set(trained) == {"prompt.ctx"} and trained["prompt.ctx"].shape == (4, 64)
+    _, _, untrained_dir = _fit(ray_methods, {"name": "coop", "n_ctx": 4, "shots": 4}, **{"schedule.epochs": 0})
+    untrained = torch.load(untrained_dir / "checkpoint" / "method.pt", weights_only=True)
+    assert not torch.equal(trained["prompt.ctx"], untrained["prompt.ctx"])  # the same seeded start, trained
+
+
+def _kill_my_worker_after_checkpoints(out: Path, run_id: str, count: int, done, killed: list) -> None:
+    """Kill this run's Train worker (the pid it recorded in workers/rank0.json, checked to be a
+    descendant of this test process) once ``count`` training checkpoints are in run storage."""
+    import os
+    import time
+
+    import psutil
+
+    deadline = time.time() + 600
+    while time.time() < deadline and not done.is_set():
+        if len(list((out / "ray" / run_id).glob("checkpoint_*/train_state.pt"))) >= count:
+            time.sleep(2)  # let Ray register the copied checkpoint
+            pid = json.loads((out / "runs" / run_id / "workers" / "rank0.json").read_text())["pid"]
+            worker = psutil.Process(pid)
+            assert os.getpid() in [p.pid for p in worker.parents()], "not a worker of this test's cluster"
+            worker.kill()
+            killed.append(pid)
+            return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_lp_ft_resumes_in_its_second_stage_after_a_killed_worker(ray_methods):
+    import threading
+
+    from harness import ray_layer
+
+    cfg = config.from_dict(ray_methods["base"], {"method": {"name": "lp-ft", "lp_epochs": 1},
+                                                 "schedule.epochs": 3, "schedule.keep_checkpoints": 3})
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_my_worker_after_checkpoints,
+                               args=(ray_methods["out"], ray_layer.run_id(cfg), 2, done, killed))
+    watcher.start()
+    try:
+        summary = ray_layer.fit(ray_layer.Job(cfg, ray_methods["inputs"], ray_methods["out"]))
+    finally:
+        done.set()
+        watcher.join()
+    assert killed, "no worker was killed: the test did not inject the fault"
+    assert summary["status"] == "finished" and summary["resumed_from_epoch"] == 2  # inside the FT stage
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3]
+    run_dir = ray_methods["out"] / "runs" / ray_layer.run_id(cfg)
+    changed = _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
+    assert changed and all(k.startswith("visual.") for k in changed)  # FT trained the image encoder only
