@@ -450,7 +450,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 
 # What a run's label names besides its method when nothing is searched (e.g. `harness train`).
-LABEL_KEYS = ("loss.lam", "optim.lr")
+LABEL_KEYS = ("method.lam", "optim.lr")
 
 
 def _short_number(value: Any) -> str:

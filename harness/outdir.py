@@ -2,7 +2,7 @@
 
 The definition is the config minus what does not change which experiment it is (tracking,
 resources) and minus the base values of the searched keys (a ``harness train --set
-loss.lam=0.1`` of a sweep over ``loss.lam`` is a point of that sweep). The first train, sweep
+method.lam=0.1`` of a sweep over ``method.lam`` is a point of that sweep). The first train, sweep
 or demo into ``--out`` writes it to ``experiment.json``; a later one with another definition
 (a copied sweep file that kept ``name`` but changed lr, another space) is refused with what
 differs, unless ``--append`` asks to keep both: then its runs are labelled (``d2``, ``d3``, ...)

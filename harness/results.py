@@ -7,7 +7,7 @@ harness.results_store; every row carrying ``schema_version``):
 - ``ood_metrics``: one row per run x score x OoD test set, every metric of harness.metrics.
 - ``epochs``: one row per run x epoch (training curves).
 - ``runs``, ``ood_metrics`` and ``epochs`` also carry ``method`` and one column per searched key
-  (``loss.lam``, ``optim.lr``: :func:`searched_columns`).
+  (``method.lam``, ``optim.lr``: :func:`searched_columns`).
 - ``sample_scores``: one row per run x dataset x score x sample (for histograms and bootstraps),
   with the sample's ``key`` so that two runs can be paired sample by sample.
 
@@ -34,7 +34,7 @@ from harness.data import badsamples
 
 # 2: runs gained suite, device and every gap_* measure; sample_scores gained key.
 # 3: runs gained bad_samples_train (and one column per reason) and bad_samples_eval; status may be diverged.
-# 4: ood_metrics and epochs gained method and one column per searched key (e.g. loss.lam), as runs did.
+# 4: ood_metrics and epochs gained method and one column per searched key (e.g. method.lam), as runs did.
 SCHEMA_VERSION = 4
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
@@ -84,7 +84,7 @@ def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: 
 
 
 def searched_columns(cfg: Config) -> dict:
-    """The run's method and its value of every searched key (dotted names, e.g. ``loss.lam``):
+    """The run's method and its value of every searched key (dotted names, e.g. ``method.lam``):
     columns of the per-run tables, so nobody has to join them with runs.parquet to group."""
     flat = config_mod.flatten(cfg)
     return {"method": cfg.method(), **{key: flat.get(key) for key in cfg.search.space}}

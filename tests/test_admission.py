@@ -67,37 +67,38 @@ def test_an_autoscaler_with_unreadable_node_types_admits_and_lets_the_wait_decid
 
 
 @pytest.mark.parametrize("text, key, spec", [
-    ("loss.lam=grid:0,0.001,0.01", "loss.lam", {"grid": [0, 0.001, 0.01]}),
+    ("method.lam=grid:0,0.001,0.01", "method.lam", {"grid": [0, 0.001, 0.01]}),
     ("optim.lr=loguniform:1e-5,1e-3", "optim.lr", {"loguniform": (1e-5, 1e-3)}),
     ("optim.lr=uniform:0.1,0.2", "optim.lr", {"uniform": (0.1, 0.2)}),
     ("seed=choice:1,2", "seed", {"choice": [1, 2]}),
-    ("loss.lam={grid: [0, 0.5]}", "loss.lam", {"grid": [0, 0.5]}),
+    ("method.lam={grid: [0, 0.5]}", "method.lam", {"grid": [0, 0.5]}),
 ])
 def test_space_on_the_command_line_equals_the_file_form(text, key, spec):
-    cfg = config_mod.load(None, [], space=[text])
-    from_file = config_mod.from_dict({"search": {"space": {key: {k: list(v) for k, v in spec.items()}}}})
+    cma = {"method": {"name": "cma"}}  # the method that takes lam
+    cfg = config_mod.from_dict(config_mod.apply_space(cma, dict([config_mod.parse_space(text)])))
+    from_file = config_mod.from_dict({**cma, "search": {"space": {key: {k: list(v) for k, v in spec.items()}}}})
     assert cfg.search.space == from_file.search.space
     assert getattr(cfg.search.space[key], next(iter(spec))) == spec[next(iter(spec))]
 
 
 @pytest.mark.parametrize("text, message", [
-    ("loss.lam=grd:0,1", "--space loss.lam: 'grd:0,1' has no known form (allowed: grid:"),
-    ("loss.lam", "--space expects dotted.key=FORM:v1,v2,..."),
-    ("loss.lamm=grid:0,1", "search.space: unknown key 'loss.lamm' (loss allows: lam, name)"),
+    ("method.lam=grd:0,1", "--space method.lam: 'grd:0,1' has no known form (allowed: grid:"),
+    ("method.lam", "--space expects dotted.key=FORM:v1,v2,..."),
+    ("method.lamm=grid:0,1", "search.space: unknown key 'method.lamm'"),
     ("optim.lr=uniform:1,2,3", "search.space.optim.lr.uniform: Tuple should have at most 2 items"),
-    ("loss.lam={grid: [0, 1]", "--space loss.lam: cannot parse"),
+    ("method.lam={grid: [0, 1]", "--space method.lam: cannot parse"),
 ])
 def test_bad_space_names_the_key(text, message):
     with pytest.raises(config_mod.ConfigError) as err:
-        config_mod.load(None, [], space=[text])
+        config_mod.load(None, ["method.name=cma"], space=[text])
     assert message in str(err.value)
 
 
 def test_space_adds_to_the_files_space_and_replaces_its_key(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text("search:\n  space:\n    loss.lam: {grid: [0, 1]}\n    optim.lr: {grid: [0.1]}\n")
-    cfg = config_mod.load(path, [], space=["loss.lam=grid:0.5"])
-    assert cfg.search.space["loss.lam"].grid == [0.5] and cfg.search.space["optim.lr"].grid == [0.1]
+    path.write_text("method: {name: cma}\nsearch:\n  space:\n    method.lam: {grid: [0, 1]}\n    optim.lr: {grid: [0.1]}\n")
+    cfg = config_mod.load(path, [], space=["method.lam=grid:0.5"])
+    assert cfg.search.space["method.lam"].grid == [0.5] and cfg.search.space["optim.lr"].grid == [0.1]
 
 
 def test_a_bad_space_on_the_command_line_exits_2_naming_the_key(tmp_path):
@@ -107,7 +108,7 @@ def test_a_bad_space_on_the_command_line_exits_2_naming_the_key(tmp_path):
 
     env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "sweeps/demo.yaml", "--space",
-                           "loss.lam=grd:0,1", "--out", str(tmp_path / "out")], env=env, capture_output=True,
+                           "method.lam=grd:0,1", "--out", str(tmp_path / "out")], env=env, capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert done.returncode == 2 and "--space loss.lam: 'grd:0,1' has no known form" in done.stderr, done.stderr
+    assert done.returncode == 2 and "--space method.lam: 'grd:0,1' has no known form" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()

@@ -242,7 +242,7 @@ def test_ray_jobs_train_and_sweep_write_results_and_mlflow(world, tmp_path):
                                env, runtime_env)
         assert status == "SUCCEEDED", logs[-5000:]
         assert f"output directory: {train_out}" in logs and "Ray job; its results go to" in logs
-        status, logs = _submit(dashboard, "h15-sweep", [*entry, "sweep", str(config), "--space", "loss.lam=grid:0,0.5",
+        status, logs = _submit(dashboard, "h15-sweep", [*entry, "sweep", str(config), "--space", "method.lam=grid:0,0.5",
                                                         "--out", str(sweep_out)], env, runtime_env)
         assert status == "SUCCEEDED", logs[-5000:]
     print(f"\nRay Jobs test: {time.perf_counter() - started:.0f} s wall")

@@ -228,7 +228,7 @@ def test_optuna_sweep_with_asha_is_tracked_on_an_mlflow_server(world, tmp_path, 
     config = _config(tmp_path, schedule={"epochs": 2}, tracking={"mlflow_uri": mlflow_server},
                      method={"name": "cma"},
                      search={"algorithm": "optuna", "num_samples": 3, "scheduler": "asha", "grace_period": 1,
-                             "space": {"loss.lam": {"loguniform": [0.001, 1.0]}}})
+                             "space": {"method.lam": {"loguniform": [0.001, 1.0]}}})
     out = tmp_path / "out"
     assert cli.main(["sweep", str(config), "--out", str(out)]) == 0
     runs = results.read(out / "results", results.RUNS)

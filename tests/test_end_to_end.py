@@ -46,7 +46,7 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     assert set(ood["dataset"]) == {"near_ood", "far_ood"}  # never the validation OoD set
     by_run = runs.set_index("run_id")  # method and the searched values ride along: no join needed
     assert (ood["method"] == by_run.loc[ood["run_id"], "method"].to_numpy()).all()
-    assert (ood["loss.lam"] == by_run.loc[ood["run_id"], "lam"].to_numpy()).all()
+    assert (ood["method.lam"] == by_run.loc[ood["run_id"], "lam"].to_numpy()).all()
     assert ood[["fpr95", "auroc", "aupr_in", "aupr_out"]].stack().between(0, 1).all()
     assert len(results.read(out / "results", results.EPOCHS)) == 2  # two trials x one epoch
 
