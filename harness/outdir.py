@@ -29,9 +29,8 @@ def definition(cfg: Config) -> dict[str, Any]:
     """The parts of ``cfg`` that make it this experiment, as dotted keys (JSON values)."""
     tree = cfg.model_dump(mode="json", exclude={"tracking", "resources"})
     flat = _flatten(tree)
-    for key in cfg.search.space:
-        flat.pop(key, None)
-    return flat
+    searched = tuple(cfg.search.space)  # a searched section (``method``) takes all its keys with it
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(f"{s}.") for s in searched)}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -242,7 +242,7 @@ def test_ray_jobs_train_and_sweep_write_results_and_mlflow(world, tmp_path):
                                env, runtime_env)
         assert status == "SUCCEEDED", logs[-5000:]
         assert f"output directory: {train_out}" in logs and "Ray job; its results go to" in logs
-        status, logs = _submit(dashboard, "h15-sweep", [*entry, "sweep", str(config), "--space", "method.lam=grid:0,0.5",
+        status, logs = _submit(dashboard, "h15-sweep", [*entry, "sweep", str(config), "--space", "method={grid: [{name: flyp}, {name: cma, lam: 0.5}]}",
                                                         "--out", str(sweep_out)], env, runtime_env)
         assert status == "SUCCEEDED", logs[-5000:]
     print(f"\nRay Jobs test: {time.perf_counter() - started:.0f} s wall")
@@ -252,7 +252,7 @@ def test_ray_jobs_train_and_sweep_write_results_and_mlflow(world, tmp_path):
     assert sorted(runs["method"]) == ["cma", "flyp", "zero-shot"] and (runs["status"] == "finished").all()
     for out, expected in ((train_out, 2), (sweep_out, 4)):  # a parent run (train / sweep) and one per run
         mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
-        logged = mlflow.search_runs(experiment_names=["harness"])
+        logged = mlflow.search_runs(experiment_names=["live"])  # one experiment per sweep name
         assert len(logged) == expected, logged
         assert logged["status"].eq("FINISHED").all()
 

@@ -11,8 +11,8 @@ def test_the_same_definition_and_points_of_its_space_are_welcome(tmp_path):
     cfg = config.load("sweeps/demo.yaml")
     assert outdir.claim(tmp_path, cfg) == ""
     assert outdir.claim(tmp_path, cfg) == ""
-    # `harness train --set loss.lam=0.1` of a sweep over loss.lam is one of its points
-    assert outdir.claim(tmp_path, config.load("sweeps/demo.yaml", ["loss.lam=0.1"])) == ""
+    # `harness train --set method.name=cma --set method.lam=0.1` of a sweep over method is one of its points
+    assert outdir.claim(tmp_path, config.load("sweeps/demo.yaml", ["method.name=cma", "method.lam=0.1"])) == ""
     # resources and tracking do not change which experiment it is
     assert outdir.claim(tmp_path, config.load("sweeps/demo.yaml", ["resources.num_workers=2",
                                                                    "tracking.experiment=x"])) == ""
@@ -20,7 +20,7 @@ def test_the_same_definition_and_points_of_its_space_are_welcome(tmp_path):
 
 def test_another_definition_is_refused_with_what_differs_and_kept_with_append(tmp_path):
     outdir.claim(tmp_path, config.load("sweeps/demo.yaml"))
-    other = config.load("sweeps/demo.yaml", ["optim.lr=5e-4", "search.space={loss.lam: {grid: [0.0, 0.5]}}"])
+    other = config.load("sweeps/demo.yaml", ["optim.lr=5e-4", "search.space={optim.weight_decay: {grid: [0.0, 0.5]}}"])
     with pytest.raises(outdir.OutDirTaken) as err:
         outdir.claim(tmp_path, other)
     message = str(err.value)

@@ -20,28 +20,27 @@ def _summary(objective: float, epochs: int = 2) -> dict:
 
 @pytest.fixture()
 def sweep_cfg():
-    return config.load(None, ["name=live", "schedule.epochs=2", "optim.lr=2e-4",
-                              "search.space={loss.lam: {grid: [0.0, 0.01]}, optim.lr: {grid: [2.0e-4]}}"])
+    return config.load(None, ["name=live", "schedule.epochs=2", "optim.lr=2e-4", "method.name=cma",
+                              "search.space={method.lam: {grid: [0.001, 0.01]}, optim.lr: {grid: [2.0e-4]}}"])
 
 
 def _trial(cfg, lam: float):
-    return cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"lam": lam})})
+    return cfg.model_copy(update={"method": cfg.method.model_copy(update={"lam": lam})})
 
 
 def test_run_label_names_the_method_and_searched_values(sweep_cfg):
     assert config.run_label(_trial(sweep_cfg, 0.01)) == "cma lam=0.01 lr=2e-4"
     assert config.run_label(_trial(sweep_cfg, 0.001)) == "cma lam=1e-3 lr=2e-4"
-    assert config.run_label(_trial(sweep_cfg, 0.0)) == "flyp lam=0 lr=2e-4"
-    zero = sweep_cfg.model_copy(update={"schedule": sweep_cfg.schedule.model_copy(update={"epochs": 0})})
-    assert config.run_label(zero) == "zero-shot"
-    assert config.run_label(config.load(None, ["loss.lam=0.5"])) == "cma lam=0.5 lr=" + config._short_number(
+    assert config.run_label(config.load(None, ["optim.lr=2e-4"])) == "flyp lr=2e-4"  # no lam to name
+    assert config.run_label(config.load(None, ["method.name=zero-shot"])) == "zero-shot"
+    assert config.run_label(config.load(None, ["method.name=cma", "method.lam=0.5"])) == "cma lam=0.5 lr=" + config._short_number(
         config.load(None).optim.lr)
 
 
 def _live_sweep(cfg, out, pause: float = 0.3) -> list[tracking.Record]:
     live = tracking.Live(cfg, out, "live-sweep")
     records = []
-    for lam, objective in ((0.0, 0.5), (0.01, 0.7)):
+    for lam, objective in ((0.001, 0.5), (0.01, 0.7)):
         trial = _trial(cfg, lam)
         rid = f"live-{lam}"
         live.start(rid, trial)
@@ -62,7 +61,7 @@ def test_a_live_sweep_reads_back_with_names_durations_steps_nesting_and_summary(
     logged = mlflow.search_runs(experiment_names=["live"])  # one experiment per sweep name
     parent = logged[logged["tags.harness.kind"] == "sweep"]
     children = logged[logged["tags.harness.kind"] == "run"].set_index("tags.mlflow.runName")
-    assert len(parent) == 1 and sorted(children.index) == ["cma lam=0.01 lr=2e-4", "flyp lam=0 lr=2e-4"]
+    assert len(parent) == 1 and sorted(children.index) == ["cma lam=0.01 lr=2e-4", "cma lam=1e-3 lr=2e-4"]
     assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     durations = (children["end_time"] - children["start_time"]).dt.total_seconds()
     assert (durations >= 0.6).all(), durations  # created when the run started, ended when it ended
@@ -73,9 +72,9 @@ def test_a_live_sweep_reads_back_with_names_durations_steps_nesting_and_summary(
         assert [m.step for m in client.get_metric_history(child, "id_accuracy")] == [2]  # once, at the last step
     best = parent.iloc[0]
     assert best["metrics.trials"] == 2 and best["metrics.trials_finished"] == 2
-    assert best["metrics.best.val_objective"] == 0.7 and best["metrics.best.loss.lam"] == 0.01
-    assert best["params.best.loss.lam"] == "0.01" and best["tags.best_run_name"] == "cma lam=0.01 lr=2e-4"
-    assert children.loc["cma lam=0.01 lr=2e-4", "params.loss.lam"] == "0.01"
+    assert best["metrics.best.val_objective"] == 0.7 and best["metrics.best.method.lam"] == 0.01
+    assert best["params.best.method.lam"] == "0.01" and best["tags.best_run_name"] == "cma lam=0.01 lr=2e-4"
+    assert children.loc["cma lam=0.01 lr=2e-4", "params.method.lam"] == "0.01"
 
 
 def test_logging_again_deletes_nothing_and_a_completed_entry_is_not_logged_twice(sweep_cfg, tmp_path):
