@@ -185,6 +185,9 @@ def test_every_method_runs_through_ray_and_freezes_what_it_declares(ray_methods,
     changed = _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
     method = methods.build(cfg.method)
     trainable = {p for stage in method.stages(cfg) for p in stage.trainable}
+    if cls.sets_weights:  # WiSE-FT: every weight between the start and the source
+        assert changed, f"{name} left the starting weights as they were"
+        return
     frozen = {k for k in changed if not f"clip.{k}".startswith(tuple(trainable))}
     assert not frozen, f"{name} changed frozen parameters: {sorted(frozen)[:5]}"
     if cls.trains and any(p.startswith("clip.") for p in trainable):

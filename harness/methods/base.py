@@ -103,6 +103,8 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     trains: ClassVar[bool] = True
     trainable: ClassVar[tuple[str, ...]] = ("clip.",)
+    sets_weights: ClassVar[bool] = False
+    """The weights are computed from another run's (WiSE-FT), not trained: none is frozen."""
     baseline: ClassVar[bool] = False
     """The report pairs every other method against each baseline (zero-shot, FLYP)."""
 

@@ -43,7 +43,7 @@ class WiseFt(Method):
     name, label, colour = "wise-ft", "WiSE-FT", "tab:green"
     description = "weight-space interpolation between the starting weights and method.source's, alpha"
     Params = WiseFtParams
-    trains = False
+    trains, sets_weights = False, True
 
     @classmethod
     def example(cls, checkpoint: str) -> dict:
