@@ -52,6 +52,9 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
             tree["model"]["arch"] = arch
         cfg = config_mod.from_dict(tree, dict(config_mod.parse_override(o) for o in overrides))
         checkpoint = run_dir / "checkpoint" / "model.pt"
+        summary = run_dir / "result.json"
+        if not checkpoint.is_file() and summary.is_file():  # an evaluation's run: the weights it evaluated
+            checkpoint = Path(json.loads(summary.read_text()).get("checkpoint") or checkpoint)
         if not checkpoint.is_file():
             raise SourceError(f"--weights {run_dir}: no checkpoint/model.pt (not a finished run directory)")
         return Source(cfg, checkpoint, f"run {run_dir.name}")
