@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,12 +83,19 @@ def _wants_foreign_cluster(session) -> bool:
 def foreign_ray(request):
     """Someone else's Ray cluster, running on this machine for the whole session (its own temp
     dir and ports, registered in its own temp dir as `ray start` does). At the end, every one
-    of its processes must still run and no driver may ever have joined it; otherwise the
-    session ends with an error naming what happened. None when not started."""
-    if not _wants_foreign_cluster(request.session):
+    of its processes must still run and no driver of this session may have joined it; otherwise the
+    session ends with an error naming what happened. None when not started (a start that fails
+    on a loaded machine is a warning, not an error of every test)."""
+    cluster = None
+    if _wants_foreign_cluster(request.session):
+        try:
+            cluster = RayCluster(num_cpus=1).start()
+        except RuntimeError as err:  # a loaded machine: not a defect of what is tested, so say so and go on
+            warnings.warn(f"the foreign Ray cluster did not start, so this session does not check that it "
+                          f"survives: {str(err)[:300]}")
+    if cluster is None:
         yield None
     else:
-        cluster = RayCluster(num_cpus=1).start()
         pids = {p.pid for p in cluster.processes()}
         try:
             yield cluster

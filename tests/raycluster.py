@@ -128,8 +128,8 @@ class RayCluster:
                           f"--ray-client-server-port={free_port()}"],
                          lambda: _answers(self.port) and (self.temp_dir / "ray_current_cluster").is_file(), timeout_s)
         for _ in range(self.extra_nodes):
-            want = len(self.nodes) + 1
-            self._start_node([f"--address={self.address}"], lambda: self.alive_nodes() >= want, timeout_s)
+            want = len(self.nodes) + 1  # registered with the GCS, so its CPUs count
+            self._start_node([f"--address={self.address}"], lambda: registered_nodes(self.address) >= want, timeout_s)
         return self
 
     def processes(self) -> list[psutil.Process]:
@@ -146,6 +146,14 @@ class RayCluster:
         for node in self.nodes:
             node.wait(timeout=10)
         self.nodes = []
+
+
+def registered_nodes(address: str) -> int:
+    """Live nodes the cluster's GCS lists, asked from a fresh process (which joins as no driver)."""
+    probe = ("import sys; from ray._raylet import GcsClient; "
+             "print(sum(n.state == 0 for n in GcsClient(address=sys.argv[1]).get_all_node_info().values()))")
+    done = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=120)
+    return int(done.stdout.split()[-1]) if done.returncode == 0 and done.stdout.split() else 0
 
 
 def _is_raylet(proc: psutil.Process) -> bool:

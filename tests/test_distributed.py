@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -216,8 +217,12 @@ def mlflow_server(tmp_path):
                 time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
+        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its workers, nothing else
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:  # a loaded machine: uvicorn and its job workers stop slowly
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
 
 
 def test_optuna_sweep_with_asha_is_tracked_on_an_mlflow_server(world, tmp_path, local_ray, mlflow_server):
