@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 # The quick start's `harness demo`, made small: the session's small world, one pretraining
 # epoch, one training epoch, two trials (FLYP and one CMA).
 SMALL_DEMO = ["--set", "data.synthetic_size=small", "--set", "pretrain.epochs=1", "--set", "schedule.epochs=1",
-              "--set", "search.space={loss.lam: {grid: [0.0, 0.1]}}"]
+              "--set", "search.space={method: {grid: [{name: flyp}, {name: cma, lam: 0.1}]}}"]
 
 
 def _registered(address: str) -> dict:
