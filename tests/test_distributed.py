@@ -175,16 +175,17 @@ def test_two_workers_run_on_two_nodes(world, tmp_path, two_nodes):
 
 
 def _assert_each_test_sample_encoded_once(world: Path, run_dir: Path, summary: dict) -> None:
-    """The keys in each embedding cache are the dataset's keys, each once, split over both ranks."""
+    """The keys each test set was scored on (gathered from both ranks into the shared embedding
+    cache, in scores.pt) are the dataset's keys, each once, split over both ranks."""
     from harness.data.shards import read_manifest
     from harness.data.tario import read_samples
-    from harness.evaluate import Embeddings
 
     by_rank = summary["eval_encoded_by_rank"]
+    scored = torch.load(run_dir / "scores.pt", weights_only=True)["keys"]
     assert set(by_rank) == {"id_test", "near_ood", "far_ood"}
     for name, counts in by_rank.items():
         expected = [s["__key__"] for url in read_manifest(world / name).shards for s in read_samples(url)]
-        keys = Embeddings.load(run_dir / "embeddings" / f"{name}.pt").keys
+        keys = scored[name]
         assert len(keys) == len(set(keys)) == len(expected) and set(keys) == set(expected), name
         assert len(counts) == 2 and sum(counts) == len(expected), (name, counts)
     assert min(by_rank["id_test"]) > 0 and min(by_rank["far_ood"]) > 0  # both ranks did encode
