@@ -464,6 +464,16 @@ def _short_number(value: Any) -> str:
     return scientific if small_or_large and len(scientific) < len(plain) else plain
 
 
+def is_searched(dotted: str, space: dict) -> bool:
+    """``dotted`` is a searched key or lies in a searched section (``method.lam`` when ``method`` is searched)."""
+    return any(dotted == key or dotted.startswith(f"{key}.") for key in space)
+
+
+def searched_values(cfg: Config) -> dict[str, Any]:
+    """This config's value of every searched leaf key (a searched section gives each of its leaves)."""
+    return {key: value for key, value in flatten(cfg).items() if is_searched(key, cfg.search.space)}
+
+
 def run_label(cfg: Config) -> str:
     """A run's short name for people: its method and searched values, ``cma lam=0.01 lr=2e-4``
     (the last part of each dotted key); ``zero-shot`` for the untrained baseline."""
@@ -471,5 +481,6 @@ def run_label(cfg: Config) -> str:
     if method == "zero-shot":
         return method
     flat = flatten(cfg)
-    keys = list(cfg.search.space) or [k for k in LABEL_KEYS if k in flat]
-    return " ".join([method] + [f"{key.rsplit('.', 1)[-1]}={_short_number(flat.get(key))}" for key in keys])
+    values = searched_values(cfg) if cfg.search.space else {k: flat[k] for k in LABEL_KEYS if k in flat}
+    values.pop("method.name", None)  # the label's first word already
+    return " ".join([method] + [f"{key.rsplit('.', 1)[-1]}={_short_number(value)}" for key, value in values.items()])

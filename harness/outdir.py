@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness import config as config_mod
 from harness.config import Config
 from harness.paths import write_text_atomic
 
@@ -29,8 +30,7 @@ def definition(cfg: Config) -> dict[str, Any]:
     """The parts of ``cfg`` that make it this experiment, as dotted keys (JSON values)."""
     tree = cfg.model_dump(mode="json", exclude={"tracking", "resources"})
     flat = _flatten(tree)
-    searched = tuple(cfg.search.space)  # a searched section (``method``) takes all its keys with it
-    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(f"{s}.") for s in searched)}
+    return {k: v for k, v in flat.items() if not config_mod.is_searched(k, cfg.search.space)}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

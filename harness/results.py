@@ -86,8 +86,7 @@ def run_row(run_id: str, sweep: str, cfg: Config, summary: dict | None, status: 
 def searched_columns(cfg: Config) -> dict:
     """The run's method and its value of every searched key (dotted names, e.g. ``method.lam``):
     columns of the per-run tables, so nobody has to join them with runs.parquet to group."""
-    flat = config_mod.flatten(cfg)
-    return {"method": cfg.method(), **{key: flat.get(key) for key in cfg.search.space}}
+    return {**config_mod.searched_values(cfg), "method": cfg.method()}
 
 
 def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary: dict | None,

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -46,7 +47,9 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     assert set(ood["dataset"]) == {"near_ood", "far_ood"}  # never the validation OoD set
     by_run = runs.set_index("run_id")  # method and the searched values ride along: no join needed
     assert (ood["method"] == by_run.loc[ood["run_id"], "method"].to_numpy()).all()
-    assert (ood["method.lam"] == by_run.loc[ood["run_id"], "lam"].to_numpy()).all()
+    lam = by_run.loc[ood["run_id"], "lam"].to_numpy()  # NaN for the methods without one
+    assert ((ood["method.lam"].to_numpy() == lam) | (ood["method.lam"].isna().to_numpy() & pd.isna(lam))).all()
+    assert ood.loc[ood["method"] == "cma", "method.lam"].eq(0.5).all()
     assert ood[["fpr95", "auroc", "aupr_in", "aupr_out"]].stack().between(0, 1).all()
     assert len(results.read(out / "results", results.EPOCHS)) == 2  # two trials x one epoch
 
@@ -68,7 +71,7 @@ def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session
     parent = logged[logged["tags.harness.kind"] == "sweep"].iloc[0]
     assert children["metrics.id_accuracy"].notna().all()
     assert (children["tags.mlflow.parentRunId"] == parent["run_id"]).all()
-    assert sorted(children["tags.mlflow.runName"]) == ["cma lam=0.5", "flyp lam=0", "zero-shot"]
+    assert sorted(children["tags.mlflow.runName"]) == ["cma lam=0.5", "flyp templates=single", "zero-shot"]
     # Logged live: each run's MLflow span covers its own training and evaluation (wall_s).
     spans = (children["end_time"] - children["start_time"]).dt.total_seconds()
     walls = runs.set_index("run_id").loc[children[f"tags.{tracking.RUN_ID_TAG}"], "wall_s"].to_numpy()

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.scores import SCORES
+
+ALLOWED_SCORES = ", ".join(sorted(SCORES))  # the registry's names, as the message lists them
+
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = sorted((REPO / "harness").rglob("*.py"))
 SMALL = {
@@ -85,7 +89,7 @@ TRAIN_CASES = {
                               ["data.ood_test[1]: 'nope' is not a dataset", "allowed: pretrain, id_train"]),
     "unknown score": (["train", "{config}", "--set", "eval.scores=[mcm, bogus]", "--set",
                        "eval.selection_score=mcm"],
-                      ["eval.scores: unknown score(s) 'bogus' (allowed: energy, max_logit, mcm, msp, neglabel)"]),
+                      [f"eval.scores: unknown score(s) 'bogus' (allowed: {ALLOWED_SCORES})"]),
     "out is a file": (["train", "{config}", "--out", "{config}"], ["--out {config}: exists and is not a directory"]),
     "nobody at address": (["train", "{config}", "--address", "127.0.0.1:{port}"],
                           ["--address 127.0.0.1:{port}: no Ray cluster answers there"]),
@@ -103,7 +107,7 @@ TRAIN_CASES = {
 OTHER_CASES = {
     "report: missing dir": (["report", "{tmp}/nope"], ["results directory {tmp}/nope: does not exist"]),
     "report: unknown score": (["report", "{tmp}", "--score", "bogus"],
-                              ["--score: unknown score(s) 'bogus' (allowed: energy, max_logit, mcm, msp, neglabel)"]),
+                              [f"--score: unknown score(s) 'bogus' (allowed: {ALLOWED_SCORES})"]),
     "report: unknown suite": (["report", "{tmp}", "--suite", "imagenet"],
                               ["--suite: unknown suite(s) 'imagenet' (allowed: synthetic, custom, mos, openood-v1.5)"]),
     "report: unknown method": (["report", "{tmp}", "--method", "lora"], ["invalid choice: 'lora'", "'cma'"]),
@@ -117,7 +121,7 @@ OTHER_CASES = {
     "sync: no results": (["sync-mlflow", "--out", "{tmp}/nope"], ["--out {tmp}/nope: no results/ directory"]),
     "sync: bad uri": (["sync-mlflow", "--out", "{tmp}", "--tracking-uri", "ftp://host/x"],
                       ["--tracking-uri: 'ftp://host/x' has scheme 'ftp'"]),
-    "no subcommand": ([], ["required: command"]),
+    "no subcommand": ([], ["required: COMMAND"]),
 }
 
 
