@@ -283,7 +283,8 @@ def test_harness_train_records_bad_samples_and_fails_clearly_past_the_limit(root
     assert row["status"] == "finished" and row["bad_samples_train"] == row["bad_samples_train_image"] == 1
 
     with pytest.raises(RuntimeError, match=r"more than data.max_bad_fraction=0.0: image 1; e\.g\. .*id_train-0000"):
-        cli.main(["train", str(path), "--out", str(out), "--set", "data.max_bad_fraction=0"])
+        # another experiment definition (max_bad_fraction), recorded beside the first one
+        cli.main(["train", str(path), "--out", str(out), "--set", "data.max_bad_fraction=0", "--append"])
     rows = results.read(out / "results", results.RUNS).set_index("status")
     assert sorted(rows.index) == ["failed", "finished"]
     assert "RunFailed" in rows.loc["failed", "error"] and "were bad" in rows.loc["failed", "error"]
