@@ -230,16 +230,22 @@ def test_coop_changes_only_its_context_vectors(ray_methods):
 
 def _kill_my_worker_after_checkpoints(out: Path, run_id: str, count: int, done, killed: list) -> None:
     """Kill this run's Train worker (the pid it recorded in workers/rank0.json, checked to be a
-    descendant of this test process) once ``count`` training checkpoints are in run storage."""
+    descendant of this test process) once Ray has registered ``count`` training checkpoints. The
+    controller's own snapshot is the signal: a checkpoint copied to storage but not yet registered
+    (the controller polls, slowly on a loaded machine) is not the one Ray restores."""
     import os
     import time
 
     import psutil
 
+    snapshot = out / "ray" / run_id / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 600
     while time.time() < deadline and not done.is_set():
-        if len(list((out / "ray" / run_id).glob("checkpoint_*/train_state.pt"))) >= count:
-            time.sleep(2)  # let Ray register the copied checkpoint
+        try:
+            registered = json.loads(snapshot.read_text()).get("checkpoint_results", [])
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            registered = []
+        if len(registered) >= count:
             pid = json.loads((out / "runs" / run_id / "workers" / "rank0.json").read_text())["pid"]
             worker = psutil.Process(pid)
             assert os.getpid() in [p.pid for p in worker.parents()], "not a worker of this test's cluster"
@@ -256,7 +262,7 @@ def test_lp_ft_resumes_in_its_second_stage_after_a_killed_worker(ray_methods):
     from harness import ray_layer
 
     cfg = config.from_dict(ray_methods["base"], {"method": {"name": "lp-ft", "lp_epochs": 1},
-                                                 "schedule.epochs": 3, "schedule.keep_checkpoints": 3})
+                                                 "schedule.epochs": 4, "schedule.keep_checkpoints": 3})
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_my_worker_after_checkpoints,
                                args=(ray_methods["out"], ray_layer.run_id(cfg), 2, done, killed))
@@ -268,7 +274,7 @@ def test_lp_ft_resumes_in_its_second_stage_after_a_killed_worker(ray_methods):
         watcher.join()
     assert killed, "no worker was killed: the test did not inject the fault"
     assert summary["status"] == "finished" and summary["resumed_from_epoch"] == 2  # inside the FT stage
-    assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3]
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3, 4]
     run_dir = ray_methods["out"] / "runs" / ray_layer.run_id(cfg)
     changed = _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
     assert changed and all(k.startswith("visual.") for k in changed)  # FT trained the image encoder only
