@@ -92,6 +92,11 @@ def _evaluate_parser(sub) -> None:
     ev.add_argument("--runs-root", type=Path, default=Path("runs"), help="where run ids are looked up (default runs)")
     ev.add_argument("--cache", type=Path, default=None,
                     help="embedding cache directory (default $HARNESS_CACHE/embeddings)")
+    ev.add_argument("--address", default=None,
+                    help="evaluate on Ray Train workers that split the shards: HOST:PORT, auto (the cluster "
+                         "registered on this machine) or local (a private local one); default: this process, no Ray")
+    ev.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="Ray workers with --address (shortcut for --set resources.num_workers=N)")
     cache = sub.add_parser("cache", help="the shared embedding cache: size per weights digest, or prune it")
     cache.add_argument("action", choices=("size", "prune"))
     cache.add_argument("--cache", type=Path, default=None, help="default $HARNESS_CACHE/embeddings")
@@ -261,19 +266,24 @@ def _evaluate(args) -> int:
         os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())  # read by embed_cache, also in workers
     try:
         per_suite = ew.suite_overrides(args.suite) or [[]]
-        sources = [ew.resolve(args.weights, args.arch, args.overrides + suite + ew.score_overrides(args.scores),
-                              args.runs_root) for suite in per_suite]
+        if args.workers is not None and args.address is None:
+            raise UsageError("--workers needs --address (without it the evaluation runs in this process)")
+        workers = [f"resources.num_workers={args.workers}"] if args.workers is not None else []
+        sources = [ew.resolve(args.weights, args.arch,
+                              args.overrides + workers + suite + ew.score_overrides(args.scores), args.runs_root)
+                   for suite in per_suite]
     except (ew.SourceError, SuiteError) as err:
         raise UsageError(str(err)) from None
     cfg = sources[0].cfg
-    out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), None, sweep=False)
+    address = None if args.address == "local" else args.address
+    out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), address, sweep=False)
     from harness import driver, tracking
 
     timer = driver.Timer()
     records = []
     for source in sources:
         with timer.stage(f"evaluate {args.weights} on {', '.join(source.cfg.data.ood_test)}"):
-            records.append(ew.evaluate(source, out, log=timer.log))
+            records.append(ew.evaluate(source, out, log=timer.log, address=args.address))
     cfg = _without_credentials(cfg, tracking)
     md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-evaluate", records, timer)
     print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/<table>/<run_id>.parquet\nmlflow store:  {uri}"

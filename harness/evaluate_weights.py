@@ -114,14 +114,24 @@ def score_overrides(scores: list[str] | None) -> list[str]:
     return ["eval.scores=[" + ",".join(names) + "]", f"eval.selection_score={selection}"]
 
 
-def evaluate(source: Source, out: Path, log=print):
-    """Evaluate ``source`` and record the run like a training run does; returns its tracking record."""
+def evaluate(source: Source, out: Path, log=print, address: str | None = None):
+    """Evaluate ``source`` and record the run like a training run does; returns its tracking record.
+    Without ``address`` in this process (no Ray); with one (HOST:PORT, ``auto``, or ``local`` for
+    a private local cluster) on resources.num_workers Ray Train workers that split every test
+    set's shards, as the end of a training run does."""
     from harness import driver, engine, prepare, ray_layer, runner
 
     cfg = source.cfg
+    if address is not None:
+        ray_layer.init(None if address == "local" else address)
+        ray_layer.check_fits(cfg, log=log)
     inputs = prepare.prepare_inputs(cfg, log=log)
     weights = source.weights or inputs.weights
-    paths = runner.RunPaths(inputs.data_root, weights, out / "runs" / ray_layer.run_id(cfg))
-    summary = runner.evaluate_only(cfg, paths, engine.RunContext(), log,
-                                   extra={"evaluated": source.origin, "weights_file": str(weights)})
+    run_dir = out / "runs" / ray_layer.run_id(cfg)
+    extra = {"evaluated": source.origin, "weights_file": str(weights)}
+    if address is None:
+        summary = runner.evaluate_only(cfg, runner.RunPaths(inputs.data_root, weights, run_dir),
+                                       engine.RunContext(), log, extra=extra)
+    else:
+        summary = ray_layer.evaluate(ray_layer.Job(cfg, inputs, out), weights, extra)
     return driver._record(out, f"{cfg.name}-evaluate", cfg, summary, None)

@@ -36,7 +36,7 @@ from harness import config as config_mod
 from harness.config import Config
 from harness.engine import RunContext
 from harness.prepare import Inputs
-from harness.runner import FAILED, RESULT, RunPaths, run, tune_metrics, write_json
+from harness.runner import FAILED, RESULT, RunPaths, evaluate_only, run, tune_metrics, write_json
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,36 @@ def _train_worker(loop_config: dict) -> None:
                      Path(loop_config["run_dir"]))
     _record_placement(paths.run_dir, ctx.rank)
     run(cfg, paths, ctx)
+
+
+def _evaluate_worker(loop_config: dict) -> None:
+    cfg = Config.model_validate(loop_config["cfg"])
+    ctx = _worker_context(loop_config["threads"])
+    paths = RunPaths(Path(loop_config["data_root"]), Path(loop_config["weights"]) if loop_config["weights"] else None,
+                     Path(loop_config["run_dir"]))
+    _record_placement(paths.run_dir, ctx.rank)
+    evaluate_only(cfg, paths, ctx, extra=loop_config["extra"])
+
+
+def evaluate(job: Job, weights: Path | None, extra: dict) -> dict:
+    """``harness evaluate --address``: the weights evaluated by resources.num_workers Ray Train
+    workers, each encoding its share of every test set's shards (rank 0 scores and records);
+    returns the run's result.json summary. ``weights`` must be readable where the workers run."""
+    res = job.cfg.resources
+    _patient_worker_group(job.cfg)
+    (job.run_dir / RESULT).unlink(missing_ok=True)  # an earlier evaluation's: the one read below is this one's
+    TorchTrainer(
+        _evaluate_worker,
+        train_loop_config={"cfg": job.cfg.model_dump(mode="json"), "threads": res.cpus_per_worker,
+                           "data_root": str(job.inputs.data_root), "weights": str(weights) if weights else None,
+                           "run_dir": str(job.run_dir), "extra": extra},
+        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                               resources_per_worker=worker_resources(job.cfg)),
+        run_config=ray.train.RunConfig(name=f"{run_id(job.cfg)}-evaluate", storage_path=str(job.out / "ray"),
+                                       failure_config=ray.train.FailureConfig(max_failures=job.cfg.schedule.max_failures),
+                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+    ).fit()
+    return json.loads((job.run_dir / RESULT).read_text())
 
 
 class RunFailed(RuntimeError):

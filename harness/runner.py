@@ -167,10 +167,12 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, me
 
 
 def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=print,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None) -> dict | None:
     """Evaluate the weights at ``paths.weights`` without training (``harness evaluate``): the same
     validation, test scores, result.json and checkpoint as the end of :func:`run`, through the
-    shared embedding cache. ``extra``: summary fields to add (e.g. where the weights came from)."""
+    shared embedding cache. Under several ranks each encodes its share of the shards (as at the end
+    of training) and rank 0 returns the summary; the others return None. ``extra``: summary fields
+    to add (e.g. where the weights came from)."""
     started = time.perf_counter()
     classnames = check_class_lists({name: read_manifest(paths.dataset(name))
                                     for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
@@ -180,6 +182,8 @@ def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=prin
     model.to(ctx.device)
     cache = model_cache(cfg, bundle, model, log)
     embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
+    if ctx.rank != 0:  # its share of the test sets is encoded and gathered; rank 0 scores and records
+        return None
     summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
                "device": ctx.device.type, **(extra or {})}
     summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device, cache))

@@ -75,3 +75,35 @@ def test_unknown_suite_and_missing_weights_exit_2(suite_root, tmp_path, capsys):
     code = cli.main(["evaluate", "--weights", "synthetic", "--suite", "nope", "--out", str(tmp_path / "o")])
     assert code == 2 and "nope" in capsys.readouterr().err
     assert set(suites.SUITES) == {"mos", "openood-v1.5"}
+
+
+def test_through_ray_the_workers_split_the_shards_and_the_rows_match_in_process(world, tmp_path, capsys):
+    """--address local --workers 2: a private Ray cluster whose two Train workers each encode their
+    share of every set (as training's evaluation does); the rows equal an in-process evaluation's."""
+    import json
+
+    from harness import ray_layer
+
+    torch.manual_seed(1)
+    weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
+    common = ["--weights", str(weights), "--set", "name=evray", "--set", "data.synthetic_size=small",
+              "--set", "eval.batch_size=64", "--scores", "mcm,neglabel,knn"]
+    code, out = _evaluate(capsys, *common, "--cache", str(tmp_path / "c1"), "--out", str(tmp_path / "here"))
+    assert code == 0, out
+    try:
+        code, out = _evaluate(capsys, *common, "--cache", str(tmp_path / "c2"), "--out", str(tmp_path / "ray"),
+                              "--address", "local", "--workers", "2")
+    finally:
+        ray_layer.shutdown()
+    assert code == 0, out
+    run_dir = next((tmp_path / "ray" / "runs").iterdir())
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["world_size"] == 2
+    by_rank = summary["eval_encoded_by_rank"]
+    assert all(len(counts) == 2 for counts in by_rank.values())
+    assert any(min(counts) > 0 for counts in by_rank.values()), by_rank  # both ranks did encode
+    assert len(list((run_dir / "workers").glob("rank*.json"))) == 2
+    cols = ["score", "dataset", "fpr95", "auroc", "aupr_in", "aupr_out"]
+    here = results.read(tmp_path / "here" / "results", results.OOD)[cols].sort_values(cols[:2]).reset_index(drop=True)
+    there = results.read(tmp_path / "ray" / "results", results.OOD)[cols].sort_values(cols[:2]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(here, there, rtol=0, atol=1e-6)  # float32 encodes in two processes
