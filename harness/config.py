@@ -396,9 +396,21 @@ def _allowed_hint(loc: tuple) -> str:
     return f" (allowed: {', '.join(model.model_fields)})"
 
 
+def swap_method(tree: dict, overrides: dict[str, Any]) -> dict:
+    """``tree`` without its method's parameters when ``overrides`` set another ``method.name``
+    (a --set or a searched name): the new method starts from its own defaults, plus whatever the
+    overrides give it (so ``--set method.name=flyp --set method.lam=0.5`` still names ``lam``)."""
+    name = overrides.get("method.name")
+    method = tree.get("method")
+    if name is None or not isinstance(method, dict) or method.get("name", name) == name:
+        return tree
+    return {**tree, "method": {"name": name}}
+
+
 def from_dict(tree: dict, overrides: dict[str, Any] | None = None) -> Config:
+    overrides = overrides or {}
     try:
-        return Config.model_validate(apply_overrides(tree, overrides or {}))
+        return Config.model_validate(apply_overrides(swap_method(tree, overrides), overrides))
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
 

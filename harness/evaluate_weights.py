@@ -47,7 +47,7 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
     run_dir = path if path.is_dir() else _find_run(weights, runs_root) if _looks_like_run_id(weights) else None
     if run_dir is not None:
         cfg = _run_config(run_dir)
-        tree = cfg.model_dump(mode="json")
+        tree = config_mod.to_tree(cfg)
         if arch:
             tree["model"]["arch"] = arch
         cfg = config_mod.from_dict(tree, dict(config_mod.parse_override(o) for o in overrides))

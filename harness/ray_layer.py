@@ -528,7 +528,7 @@ class _LiveTracking(tune.Callback):
     a run starts, ends an epoch (a result carrying ``epoch``), ends or fails."""
 
     def __init__(self, tracker, cfg: Config, inputs: Inputs, out: Path):
-        self.tracker, self.base, self.space = tracker, cfg.model_dump(mode="json"), list(cfg.search.space)
+        self.tracker, self.base, self.space = tracker, config_mod.to_tree(cfg), list(cfg.search.space)
         self.inputs, self.out = inputs, out
 
     def __getstate__(self) -> dict:
@@ -596,7 +596,7 @@ def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
 
 def _run_tuner(cfg: Config, inputs: Inputs, out: Path, path: Path, trainable, concurrency: int, in_process: bool,
                callbacks: list, log) -> list[tuple[Config, dict | None, str, str | None]]:
-    base = cfg.model_dump(mode="json")
+    base = config_mod.to_tree(cfg)  # as the trials built theirs (a search may swap method.name)
     if tune.Tuner.can_restore(str(path)):
         log(f"resuming sweep {path.name}: finished trials are kept")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)

@@ -41,6 +41,16 @@ def test_a_parameter_of_another_method_is_refused():
     assert "method.lam" in str(err.value) and "flyp takes no parameter 'lam'" in str(err.value)
 
 
+def test_another_method_name_starts_from_its_own_defaults(tmp_path):
+    path = tmp_path / "cma.yaml"
+    path.write_text("method: {name: cma, lam: 0.5}\n")
+    assert config.load(path, ["method.name=flyp"]).method.model_dump() == {"name": "flyp", "templates": "single"}
+    assert config.load(path, ["method.name=cma"]).method.lam == 0.5  # the same name keeps the file's values
+    assert config.load(path, ["method.name=locoop", "method.lam=0.3"]).method.lam == 0.3
+    with pytest.raises(ConfigError, match="lam"):
+        config.load(path, ["method.name=flyp", "method.lam=0.5"])
+
+
 def test_unknown_method_lists_the_registered_ones():
     from harness import methods
 

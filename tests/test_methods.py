@@ -60,6 +60,21 @@ def test_the_listing_shows_every_parameter_with_its_default():
     assert "method.lam: float, default 0.001" in text and "method.source: str, required" in text
 
 
+def test_a_search_may_swap_method_name_from_any_base_method():
+    # A sweep's trials are its base config plus the searched values: swapping the name must not keep
+    # the base method's parameters (flyp's templates would be refused by zero-shot).
+    from harness import ray_layer
+
+    for base_name, base_cls in methods.REGISTRY.items():
+        base = config.load(None, {"method": base_cls.example("/nowhere")})
+        for name, cls in methods.REGISTRY.items():
+            params = {"method.name": name, **{f"method.{k}": v for k, v in cls.example("/nowhere").items()
+                                              if k != "name"}}
+            trial = config.from_dict(config.to_tree(base), params)
+            assert trial.method() == name and ray_layer.run_id(trial).split("-")[1:2] == [name.split("-")[0]], \
+                (base_name, name)
+
+
 # ---- the model paths the methods and scores share (fast) ----
 
 @pytest.fixture(scope="module")
