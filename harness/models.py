@@ -217,29 +217,6 @@ def clip_of(model: torch.nn.Module) -> open_clip.CLIP:
     return getattr(model, "clip", model)
 
 
-def image_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Every output token of the image encoder projected into the joint space, not normalised:
-    (N, 1 + P, D), token 0 the class token, 1.. the patches in raster order.
-
-    As GL-MCM's reference code does for OpenAI-style ViTs: ln_post on all tokens, then proj
-    (open_clip applies them to the pooled token only). For a class-token ViT (open_clip's
-    default, pool_type "tok", LayerNorm before pooling), token 0 equals ``encode_image``.
-    """
-    visual = clip_of(model).visual
-    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False) \
-            or getattr(visual, "pool_type", "tok") != "tok":
-        raise ValueError("image_tokens needs a class-token ViT with ln_post before pooling (OpenAI-style CLIP)")
-    x = visual.transformer(visual._embeds(images))  # open_clip 3.3's own stem (conv, class token, pos, ln_pre)
-    x = visual.ln_post(x)
-    return x @ visual.proj if visual.proj is not None else x
-
-
-def patch_tokens(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The image encoder's patch tokens in the joint space, L2-normalised: (N, P, D), the local
-    features of GL-MCM and LoCoOp (see :func:`image_tokens`)."""
-    return torch.nn.functional.normalize(image_tokens(model, images)[:, 1:], dim=-1)
-
-
 def encode_text_embeddings(model: torch.nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor,
                            normalize: bool = True) -> torch.Tensor:
     """The text encoder run on given token embeddings (B, L, width) instead of looking up ``tokens``

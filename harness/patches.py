@@ -3,8 +3,9 @@
 GL-MCM's reference code (AtsuMiyai/GL-MCM, clip/model.py) takes the local features from the last
 block's *value* path: the value projection and the attention's output projection applied to each
 token alone (no attention mixing), plus the residual and the MLP, then ln_post and the image
-projection. The global feature is the model's own pooled output. Used by the evaluator for the
-``patches`` input of harness.scores (issue 12's patch-token function may replace this).
+projection. The global feature is the model's own pooled output. LoCoOp's reference
+(AtsuMiyai/LoCoOp, clip_w_local/model.py) computes its local features the same way, so this is
+the one patch-level path: the evaluator's ``patches`` input (GL-MCM) and LoCoOp's training loss.
 """
 
 from __future__ import annotations

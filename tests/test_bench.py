@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness import cli
-from harness.bench import common, decode, evaluation, gpu_step, memory, metrics, pipeline, recording, run, table, training
+from harness.bench import common, decode, evaluate_cache, evaluation, gpu_step, memory, metrics, pipeline, recording, run, table, training
 
 SECTIONS = {"pipeline": "1. input pipeline", "ray": "2. Ray Train overhead", "eval": "3. evaluation",
             "metrics": "4. metrics", "memory": "5. memory vs data size", "gpu": "6. GPU step",
@@ -58,6 +58,8 @@ def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
             assert gpu.note == "skipped: no CUDA device" and pd.isna(gpu.met) and math.isnan(gpu.value)
     metrics_row = df[df.bench == "metrics"].iloc[0]
     assert metrics_row.note.startswith("values equal")
+    warm = df[df.bench == "evaluate"].iloc[0]  # the second evaluation of the same weights reads the cache only
+    assert "encoded nothing" in warm.note and warm.ratio > 1 and evaluate_cache.REALISTIC not in warm.figure
 
 
 @pytest.mark.slow

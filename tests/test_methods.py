@@ -83,21 +83,6 @@ def tiny():
     return models.build(ARCH, None)
 
 
-def test_class_token_of_image_tokens_is_encode_image_and_patches_are_normalised(tiny):
-    model = tiny.model.eval()
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        tokens = models.image_tokens(model, images)
-        patches = models.patch_tokens(model, images)
-        expected = model.encode_image(images)
-    grid = (32 // 8) ** 2
-    assert tokens.shape == (3, 1 + grid, 64) and patches.shape == (3, grid, 64)
-    torch.testing.assert_close(tokens[:, 0], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(patches.norm(dim=-1), torch.ones(3, grid))
-    # Patches are ln_post + proj of the patch tokens, not copies of the class token.
-    assert (patches - torch.nn.functional.normalize(expected, dim=-1)[:, None]).abs().max() > 1e-3
-
-
 def test_text_encoder_on_given_embeddings_is_encode_text(tiny):
     model = tiny.model.eval()
     tokens = tiny.tokenizer(["a photo of a red circle", "a blue square"])

@@ -27,6 +27,7 @@ BENCHMARKS = {  # name -> module with run(ctx) -> Section, in the issue's order
     "gpu": "harness.bench.gpu_step",
     "recording": "harness.bench.recording",
     "decode": "harness.bench.decode",
+    "evaluate": "harness.bench.evaluate_cache",
 }
 
 

@@ -20,6 +20,7 @@ from harness import models
 from harness.classifier import Classifier
 from harness.config import MethodParams
 from harness.methods.base import Method, MethodModel, Setup, register
+from harness.patches import global_and_local
 from harness.methods.head import CrossEntropyObjective
 
 PROMPT = "extra.prompt."
@@ -156,11 +157,12 @@ class Locoop(Coop):
         self.top_k = min(self.params.top_k, len(setup.classnames))
 
     def forward(self, model, images, tokens):
-        with torch.no_grad():
-            tokens_out = torch.nn.functional.normalize(models.image_tokens(model.clip, images).float(), dim=-1)
+        # The image tower is frozen: its global and patch features (GL-MCM's value path, which LoCoOp's
+        # reference clip_w_local/model.py shares) need no gradient; the prompts' text features do.
+        pooled, local = global_and_local(model.clip, images)
         text = model.extra["prompt"].class_features(model).float()
         scale = model.clip.logit_scale.exp()
-        return {"logits": scale * tokens_out[:, 0] @ text.T, "local_logits": scale * tokens_out[:, 1:] @ text.T}
+        return {"logits": scale * pooled @ text.T, "local_logits": scale * local @ text.T}
 
     def objective(self, ctx):
         return LocoopObjective(self.params.lam, self.top_k)
