@@ -113,7 +113,7 @@ def _command_warm(world: Path, arch: str, weights: Path, cache: Path, out: Path)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"harness evaluate exited {done.returncode}: {done.stderr[-2000:]}")
-    stages = [line.removeprefix("==> ") for line in done.stdout.splitlines()
+    stages = [line.removeprefix("==> ").replace(str(weights), weights.name) for line in done.stdout.splitlines()
               if line.startswith("==> ") and not line.endswith("...")]
     return wall, "; ".join(stages)
 
