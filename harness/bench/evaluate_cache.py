@@ -80,7 +80,7 @@ class _Evaluations:
         return self._once(self.warm_cache)
 
     def cache_line(self) -> str:
-        return next((line.split("] ", 1)[-1] for line in reversed(self.lines) if "embedding cache" in line), "")
+        return next((line.split(": ", 1)[-1] for line in reversed(self.lines) if "embedding cache" in line), "")
 
 
 def _pair(ctx: BenchContext, world: Path, arch: str, reps: int) -> tuple[dict[str, float], str, int]:
