@@ -49,6 +49,9 @@ def test_another_method_name_starts_from_its_own_defaults(tmp_path):
     assert config.load(path, ["method.name=locoop", "method.lam=0.3"]).method.lam == 0.3
     with pytest.raises(ConfigError, match="lam"):
         config.load(path, ["method.name=flyp", "method.lam=0.5"])
+    # a searched method.name too: the file's lam belongs to cma alone
+    searched = config.load(path, ["search.space={method.name: {grid: [zero-shot, flyp, cma]}}"])
+    assert searched.method.lam == 0.5
 
 
 def test_unknown_method_lists_the_registered_ones():

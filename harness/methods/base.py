@@ -267,7 +267,9 @@ def check_space(base: MethodParams, space: dict[str, ParamSpace]) -> None:
     if "method" in space:
         candidates = values("method")
     if "method.name" in space:
-        candidates = [{**c, "name": n} for c in candidates if isinstance(c, dict) for n in values("method.name")]
+        # another name starts from that method's defaults (harness.config.swap_method), the same name keeps c's
+        candidates = [c if c.get("name") == n else {"name": n}
+                      for c in candidates if isinstance(c, dict) for n in values("method.name")]
     for candidate in candidates:
         params(candidate, where="search.space: method")
     for key in space:
