@@ -51,6 +51,9 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
         if arch:
             tree["model"]["arch"] = arch
         cfg = config_mod.from_dict(tree, dict(config_mod.parse_override(o) for o in overrides))
+        rebuilt = _rebuilt_weights(cfg, run_dir)
+        if rebuilt is not None:
+            return rebuilt
         checkpoint = run_dir / "checkpoint" / "model.pt"
         summary = run_dir / "result.json"
         if not checkpoint.is_file() and summary.is_file():  # an evaluation's run: the weights it evaluated
@@ -63,6 +66,25 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
     if path.is_file():
         return Source(cfg, path.resolve(), "checkpoint")
     return Source(cfg, None, "tag")
+
+
+def _rebuilt_weights(cfg: Config, run_dir: Path) -> Source | None:
+    """A run whose method makes its weights when the model is built (WiSE-FT: start and source
+    interpolated) is evaluated by building them again, from the starting weights and the source run
+    found beside it (made absolute, so any --out can evaluate it): loading its saved weights as
+    the start would interpolate twice. The weights, and so the cache entries, are the saved ones."""
+    from harness import methods
+    from harness.methods.wise import source_dir
+
+    if not methods.get(cfg.method.name).sets_weights:
+        return None
+    try:
+        source = source_dir(cfg.method.source, run_dir.parent)
+    except FileNotFoundError as err:
+        raise SourceError(f"--weights {run_dir}: {err}") from None
+    tree = config_mod.to_tree(cfg)
+    tree["method"] = {**tree["method"], "source": str(source.resolve())}
+    return Source(config_mod.from_dict(tree), None, f"run {run_dir.name}")
 
 
 def _looks_like_run_id(text: str) -> bool:

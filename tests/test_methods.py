@@ -217,6 +217,24 @@ def test_wise_ft_endpoints_are_the_start_and_the_fine_tuned_run(ray_methods):
 
 
 @pytest.mark.slow
+def test_a_wise_ft_run_directory_evaluates_to_its_own_rows_from_another_out(ray_methods, tmp_path):
+    """WiSE-FT's weights are built (start and source interpolated), not loaded: `harness evaluate` of
+    its run directory rebuilds them with the source found beside the run, whatever --out it writes."""
+    from harness import driver, evaluate_weights
+
+    cfg, summary, run_dir = _fit(ray_methods, {"name": "wise-ft", "source": ray_methods["flyp"].parent.name,
+                                               "alpha": 0.5})
+    driver._record(ray_methods["out"], "methods", cfg, summary, None)
+    source = evaluate_weights.resolve(str(run_dir), None, [])
+    assert Path(source.cfg.method.source).is_absolute() and source.weights is None
+    record = evaluate_weights.evaluate(source, tmp_path / "elsewhere", log=lambda *a: None)
+    again = json.loads((tmp_path / "elsewhere" / "runs" / record.run_id / "result.json").read_text())
+    assert again["cache_encoded"] == 0  # the same weights as the run's: every entry reused
+    assert [(r["score"], r["dataset"], r["auroc"], r["fpr95"]) for r in again["ood"]] == \
+        [(r["score"], r["dataset"], r["auroc"], r["fpr95"]) for r in summary["ood"]]
+
+
+@pytest.mark.slow
 def test_coop_changes_only_its_context_vectors(ray_methods):
     _, summary, run_dir = _fit(ray_methods, {"name": "coop", "n_ctx": 4, "shots": 4})
     assert summary["train_samples"] == 4 * 20 and summary["n_ctx"] == 4
