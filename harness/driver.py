@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import methods, prepare, ray_layer, report, results, runner, tracking
+from harness import config as config_mod
+from harness import prepare, ray_layer, report, results, runner, tracking
 from harness.config import Config
 from harness.engine import RunContext
 
@@ -58,7 +59,10 @@ def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str
 def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
               live: tracking.Live | None = None) -> tracking.Record:
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
-    base = cfg.model_copy(update={"method": methods.params({"name": "zero-shot"})})
+    # Validated, and without the search space (not searched, and it may name the searched method's
+    # parameters): its recorded config loads again, e.g. for `harness evaluate` of its run directory.
+    tree = config_mod.to_tree(cfg)
+    base = config_mod.from_dict({**tree, "method": {"name": "zero-shot"}, "search": {**tree["search"], "space": {}}})
     paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
     done = paths.run_dir / "result.json"
     if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already

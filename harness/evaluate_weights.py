@@ -108,7 +108,11 @@ def _run_config(run_dir: Path) -> Config:
     rows = runs[runs["run_id"] == run_dir.name] if not runs.empty else runs
     if rows.empty:
         raise SourceError(f"--weights {run_dir}: no row for run {run_dir.name} in {out / 'results' / 'runs.parquet'}")
-    return Config.model_validate(json.loads(rows.iloc[-1]["config_json"]))
+    try:
+        return Config.model_validate(json.loads(rows.iloc[-1]["config_json"]))
+    except ValueError as err:  # pydantic's ValidationError is one
+        raise SourceError(f"--weights {run_dir}: the config it recorded does not validate now ({err}); "
+                          "give its checkpoint/model.pt with --set for the settings instead") from None
 
 
 def suite_overrides(names: list[str]) -> list[list[str]]:
