@@ -78,7 +78,8 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
     if rest:
         lines += ["## Every other computed score (average over OoD sets, percent)",
                   "FPR95 / AUROC averaged over the OoD test sets, AUROC with its 95% bootstrap interval. The "
-                  "classifier-logit scores read the zero-shot classifier's logits (image · class prompts).", "",
+                  "classifier-logit scores (msp, energy, max_logit, odin) read each method's own classifier: its "
+                  "head's logits (LP, FFT, LP-FT), else logit scale × cosine to its class prompts.", "",
                   md.score_table(chosen, ci, ood, rest), ""]
     low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
     names = {r["run_id"]: md.method_label(m) for m, r in chosen.items()}
