@@ -23,7 +23,23 @@ RAY_NOISE = {
     "worker processes have been started on node":
         "Ray started more Python workers at once than it expects (a busy machine, or many trials); harmless",
 }
+# Ray's log monitor sometimes splits a warning across two records (seen: "Failed to query Ray Tra" /
+# "in Controller actor state. State API may be ..."): the head is matched as a prefix of a key (at
+# least _MIN_HEAD characters, so short lines stay), the tail by these fragments of the same warning.
+_TAILS = {"State API may be temporarily unavailable": "Failed to query Ray Train Controller actor state"}
+_MIN_HEAD = 16
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b")
+
+
+def _kind(line: str) -> str | None:
+    """The RAY_NOISE key ``line`` belongs to, whole or split, else None."""
+    hit = next((key for key in RAY_NOISE if key in line), None)
+    if hit is None:
+        hit = next((key for tail, key in _TAILS.items() if tail in line), None)
+    head = line.strip()
+    if hit is None and len(head) >= _MIN_HEAD:
+        hit = next((key for key in RAY_NOISE if key.startswith(head)), None)
+    return hit
 
 
 def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str], list[str]]:
@@ -31,7 +47,7 @@ def without_ray_noise(lines: list[str], explained: set[str]) -> tuple[list[str],
     it updates). A dropped warning's traceback lines (indented, or ``Traceback``) go with it."""
     kept, notes, dropping = [], [], False
     for line in lines:
-        hit = next((key for key in RAY_NOISE if key in line), None)
+        hit = _kind(line)
         if hit is None and dropping and (line[:1].isspace() or line.startswith("Traceback")
                                          or _EXCEPTION_LINE.match(line)):
             continue

@@ -20,6 +20,13 @@ def test_ray_noise_is_explained_once_and_dropped_with_its_traceback():
     assert again == [] and more == []  # once only
 
 
+def test_a_warning_split_across_two_records_is_dropped_whole():
+    lines = ["Failed to query Ray Tra", "in Controller actor state. State API may be temporarily unavailable. "
+             "Continuing to monitor.", "Failed", "[flyp] epoch 1/3 loss 2.0"]
+    kept, notes = ray_noise.without_ray_noise(lines, set())
+    assert kept == ["Failed", "[flyp] epoch 1/3 loss 2.0"] and len(notes) == 1  # a short line is not a head
+
+
 def test_it_needs_no_ray():
     code = "import sys; sys.modules['ray'] = None; import harness.ray_noise"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
