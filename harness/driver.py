@@ -56,13 +56,18 @@ def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str
     return tracking.Record(rid, cfg, summary, status, ended_at=time.time())
 
 
+def baseline_config(cfg: Config) -> Config:
+    """The zero-shot baseline of ``cfg``: validated, and without the search space (not searched, and
+    it may name the searched method's parameters), so its recorded config loads again, e.g. for
+    `harness evaluate` of its run directory. Its run id is the one any zero-shot run of ``cfg`` gets."""
+    tree = config_mod.to_tree(cfg)
+    return config_mod.from_dict({**tree, "method": {"name": "zero-shot"}, "search": {**tree["search"], "space": {}}})
+
+
 def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
               live: tracking.Live | None = None) -> tracking.Record:
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
-    # Validated, and without the search space (not searched, and it may name the searched method's
-    # parameters): its recorded config loads again, e.g. for `harness evaluate` of its run directory.
-    tree = config_mod.to_tree(cfg)
-    base = config_mod.from_dict({**tree, "method": {"name": "zero-shot"}, "search": {**tree["search"], "space": {}}})
+    base = baseline_config(cfg)
     paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
     done = paths.run_dir / "result.json"
     if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already

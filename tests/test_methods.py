@@ -75,6 +75,21 @@ def test_a_search_may_swap_method_name_from_any_base_method():
                 (base_name, name)
 
 
+def test_the_zero_shot_baseline_of_any_sweep_records_a_config_that_loads_again():
+    # A WiSE-FT sweep over alpha: the baseline must not keep a space naming wise-ft's parameters.
+    from harness import driver, ray_layer
+
+    for name, cls in methods.REGISTRY.items():
+        section = cls.example("/nowhere")
+        searched = [k for k in cls.Params.model_fields if k != "name" and k in section and k != "source"]
+        space = {f"method.{k}": {"grid": [section[k]]} for k in searched[:1]}
+        cfg = config.load(None, {"method": section, "search.space": space})
+        base = driver.baseline_config(cfg)
+        assert base.method() == "zero-shot" and not base.search.space
+        assert config.Config.model_validate(base.model_dump(mode="json")) == base, name
+        assert ray_layer.run_id(base) == ray_layer.run_id(config.load(None, {"method": {"name": "zero-shot"}}))
+
+
 # ---- the model paths the methods and scores share (fast) ----
 
 @pytest.fixture(scope="module")
