@@ -63,13 +63,13 @@ def _quiet_ray_noise() -> None:
 
 def init(address: str | None, num_cpus: int | None = None) -> None:
     """Join ``address`` (HOST:PORT, or ``auto``: the cluster registered on this machine) or,
-    with None, start a private local cluster (never joining another)."""
+    with None or ``local``, start a private local cluster (never joining another)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # 2.60 otherwise writes a token file
     # Train V2 reports through Tune when nested; keep the noisy per-iteration tables off.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
-    if address:
+    if address and address != "local":
         # Ray's own "auto" falls back to any Ray process it finds on the machine: resolve it ourselves.
         ray.init(address=preflight.registered_cluster() if address == "auto" else address,
                  logging_level=logging.WARNING)
@@ -159,43 +159,55 @@ def _worker_context(threads: int) -> RunContext:
     )
 
 
-def _train_worker(loop_config: dict) -> None:
+def _worker_setup(loop_config: dict) -> tuple[Config, RunContext, RunPaths]:
+    """A Train worker's config, context and paths from its loop config (see :func:`_trainer`)."""
     cfg = Config.model_validate(loop_config["cfg"])
     ctx = _worker_context(loop_config["threads"])
     paths = RunPaths(Path(loop_config["data_root"]),
                      Path(loop_config["weights"]) if loop_config["weights"] else None,
                      Path(loop_config["run_dir"]))
     _record_placement(paths.run_dir, ctx.rank)
+    return cfg, ctx, paths
+
+
+def _train_worker(loop_config: dict) -> None:
+    cfg, ctx, paths = _worker_setup(loop_config)
     run(cfg, paths, ctx)
 
 
 def _evaluate_worker(loop_config: dict) -> None:
-    cfg = Config.model_validate(loop_config["cfg"])
-    ctx = _worker_context(loop_config["threads"])
-    paths = RunPaths(Path(loop_config["data_root"]), Path(loop_config["weights"]) if loop_config["weights"] else None,
-                     Path(loop_config["run_dir"]))
-    _record_placement(paths.run_dir, ctx.rank)
+    cfg, ctx, paths = _worker_setup(loop_config)
     evaluate_only(cfg, paths, ctx, extra=loop_config["extra"])
+
+
+def _trainer(job: Job, worker: Callable[[dict], None], weights: Path | None, name: str,
+             extra: dict | None = None, **run_config) -> TorchTrainer:
+    """The Train run of ``job``: resources.num_workers workers running ``worker`` on ``weights``,
+    restarted up to schedule.max_failures times; ``extra``: more loop-config entries,
+    ``run_config``: more RunConfig fields (checkpoints, callbacks)."""
+    res = job.cfg.resources
+    _patient_worker_group(job.cfg)
+    return TorchTrainer(
+        worker,
+        train_loop_config={"cfg": job.cfg.model_dump(mode="json"), "threads": res.cpus_per_worker,
+                           "data_root": str(job.inputs.data_root), "weights": str(weights) if weights else None,
+                           "run_dir": str(job.run_dir), **(extra or {})},
+        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                               resources_per_worker=worker_resources(job.cfg)),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(job.out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=job.cfg.schedule.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
+            **run_config),
+    )
 
 
 def evaluate(job: Job, weights: Path | None, extra: dict) -> dict:
     """``harness evaluate --address``: the weights evaluated by resources.num_workers Ray Train
     workers, each encoding its share of every test set's shards (rank 0 scores and records);
     returns the run's result.json summary. ``weights`` must be readable where the workers run."""
-    res = job.cfg.resources
-    _patient_worker_group(job.cfg)
     (job.run_dir / RESULT).unlink(missing_ok=True)  # an earlier evaluation's: the one read below is this one's
-    TorchTrainer(
-        _evaluate_worker,
-        train_loop_config={"cfg": job.cfg.model_dump(mode="json"), "threads": res.cpus_per_worker,
-                           "data_root": str(job.inputs.data_root), "weights": str(weights) if weights else None,
-                           "run_dir": str(job.run_dir), "extra": extra},
-        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                               resources_per_worker=worker_resources(job.cfg)),
-        run_config=ray.train.RunConfig(name=f"{run_id(job.cfg)}-evaluate", storage_path=str(job.out / "ray"),
-                                       failure_config=ray.train.FailureConfig(max_failures=job.cfg.schedule.max_failures),
-                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-    ).fit()
+    _trainer(job, _evaluate_worker, weights, f"{run_id(job.cfg)}-evaluate", extra={"extra": extra}).fit()
     return json.loads((job.run_dir / RESULT).read_text())
 
 
@@ -213,29 +225,9 @@ def _failure(run_dir: Path) -> str | None:
 def fit(job: Job, under_tune: bool = False) -> dict:
     """One data-parallel Ray Train run; returns the run's result.json summary (its ``status``:
     finished or diverged). Raises RunFailed when the run stopped on bad data."""
-    res = job.cfg.resources
-    _patient_worker_group(job.cfg)
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={
-            "cfg": job.cfg.model_dump(mode="json"),
-            "threads": res.cpus_per_worker,
-            "data_root": str(job.inputs.data_root),
-            "weights": str(job.inputs.weights) if job.inputs.weights else None,
-            "run_dir": str(job.run_dir),
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                               resources_per_worker=worker_resources(job.cfg)),
-        run_config=ray.train.RunConfig(
-            name=run_id(job.cfg),
-            storage_path=str(job.out / "ray"),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.cfg.schedule.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=job.cfg.schedule.max_failures),
-            callbacks=[TuneReportCallback()] if under_tune else None,
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # our own progress lines suffice
-        ),
-    )
-    trainer.fit()
+    _trainer(job, _train_worker, job.inputs.weights, run_id(job.cfg),
+             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.cfg.schedule.keep_checkpoints),
+             callbacks=[TuneReportCallback()] if under_tune else None).fit()
     error = _failure(job.run_dir)
     if error is not None:
         raise RunFailed(error)
