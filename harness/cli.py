@@ -275,8 +275,7 @@ def _evaluate(args) -> int:
     except (ew.SourceError, SuiteError) as err:
         raise UsageError(str(err)) from None
     cfg = sources[0].cfg
-    address = None if args.address == "local" else args.address
-    out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), address, sweep=False)
+    out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), args.address, sweep=False)
     from harness import driver, tracking
 
     timer = driver.Timer()

@@ -149,7 +149,7 @@ def evaluate(source: Source, out: Path, log=print, address: str | None = None):
 
     cfg = source.cfg
     if address is not None:
-        ray_layer.init(None if address == "local" else address)
+        ray_layer.init(address)
         ray_layer.check_fits(cfg, log=log)
     inputs = prepare.prepare_inputs(cfg, log=log)
     weights = source.weights or inputs.weights

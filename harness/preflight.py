@@ -178,13 +178,16 @@ def check_model_weights(arch: str, pretrained: str | None, field: str = "model.p
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:
-    """An existing cluster answers at ``address``: ray.init would otherwise retry for minutes."""
+    """An existing cluster answers at ``address``: ray.init would otherwise retry for minutes.
+    ``local`` (a private cluster, started on demand) needs none."""
+    if address == "local":
+        return
     if address == "auto":
         address = registered_cluster()
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise PreflightError(f"--address {address!r}: expected HOST:PORT (or ray://HOST:PORT, or auto)")
+        raise PreflightError(f"--address {address!r}: expected HOST:PORT (or ray://HOST:PORT, auto, or local)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as err:
