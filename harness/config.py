@@ -400,11 +400,12 @@ def swap_method(tree: dict, overrides: dict[str, Any]) -> dict:
     """``tree`` without its method's parameters when ``overrides`` set another ``method.name``
     (a --set or a searched name): the new method starts from its own defaults, plus whatever the
     overrides give it (so ``--set method.name=flyp --set method.lam=0.5`` still names ``lam``)."""
-    name = overrides.get("method.name")
-    method = tree.get("method")
-    if name is None or not isinstance(method, dict) or method.get("name", name) == name:
+    from harness import methods
+
+    name, method = overrides.get("method.name"), tree.get("method")
+    if name is None or not isinstance(method, dict):
         return tree
-    return {**tree, "method": {"name": name}}
+    return {**tree, "method": methods.renamed(method, name)}
 
 
 def from_dict(tree: dict, overrides: dict[str, Any] | None = None) -> Config:

@@ -3,10 +3,10 @@ has the contract). Importing this package registers them all, in the report's re
 
 from harness.methods.base import (REGISTRY, Method, MethodModel, Setup, Stage, UnknownMethodError, build,
                                   check_space, colour, describe, get, label, load_saved, minimal, names, params,
-                                  register,
+                                  register, renamed,
                                   save, set_trainable, text_classifier)
 from harness.methods import contrastive, head, wise, prompts  # noqa: E402,F401  (registration, in order)
 
 __all__ = ["REGISTRY", "Method", "MethodModel", "Setup", "Stage", "UnknownMethodError", "build", "check_space", "describe",
-           "colour", "get", "label", "load_saved", "minimal", "names", "params", "register", "save",
+           "colour", "get", "label", "load_saved", "minimal", "names", "params", "register", "renamed", "save",
            "set_trainable", "text_classifier"]

@@ -251,6 +251,12 @@ def minimal(section: MethodParams) -> dict:
     return {"name": section.name, **section.model_dump(mode="json", exclude_defaults=True)}
 
 
+def renamed(section: dict, name: str) -> dict:
+    """``section`` given the method ``name``: unchanged for its own name, else that method's defaults
+    (a section's parameters belong to the method they were written for)."""
+    return section if section.get("name", name) == name else {"name": name}
+
+
 def check_space(base: MethodParams, space: dict[str, ParamSpace]) -> None:
     """Every method section a search can produce must be valid: a ``method`` space lists whole
     sections, ``method.name`` swaps the name, ``method.<param>`` must be a parameter of every
@@ -267,9 +273,7 @@ def check_space(base: MethodParams, space: dict[str, ParamSpace]) -> None:
     if "method" in space:
         candidates = values("method")
     if "method.name" in space:
-        # another name starts from that method's defaults (harness.config.swap_method), the same name keeps c's
-        candidates = [c if c.get("name") == n else {"name": n}
-                      for c in candidates if isinstance(c, dict) for n in values("method.name")]
+        candidates = [renamed(c, n) for c in candidates if isinstance(c, dict) for n in values("method.name")]
     for candidate in candidates:
         params(candidate, where="search.space: method")
     for key in space:
