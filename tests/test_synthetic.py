@@ -52,13 +52,15 @@ def test_texture_splits_keep_far_ood_apart_from_validation():
 def test_world_json_describes_splits_and_datasets(tiny_world):
     meta = json.loads((tiny_world / "world.json").read_text())
     assert meta["generator_version"] == synthetic.GENERATOR_VERSION and meta["spec"]["seed"] == TINY.seed
-    assert meta["id_classes"] == meta["splits"]["id"] and len(meta["concepts"]) == 80 + len(synthetic.TEXTURES)
+    assert meta["id_classes"] == synthetic.id_classes(TINY.seed) and len(meta["concepts"]) == 80 + len(synthetic.TEXTURES)
+    # every ID concept once per fill: a pair of classes that only the fill tells apart
+    assert sorted(c.split(" ", 1)[1] for c in meta["id_classes"]) == sorted(meta["splits"]["id"] * len(synthetic.ID_FILLS))
     datasets = meta["datasets"]
     assert {k: v["kind"] for k, v in datasets.items()} == {k: v[0] for k, v in synthetic.DATASETS.items()}
     assert set(datasets["pretrain"]["concepts"]) == set(meta["concepts"])  # pretraining saw everything
     ood_val, near, far = (set(datasets[n]["concepts"]) for n in ("ood_val", "near_ood", "far_ood"))
     assert not (ood_val & near) and not (ood_val & far) and not (near & far)
-    assert not set(meta["id_classes"]) & (ood_val | near | far)
+    assert not {c.split(" ", 1)[1] for c in meta["id_classes"]} & (ood_val | near | far)
     assert far and all(c.endswith(" texture") for c in far)
 
 
@@ -94,6 +96,22 @@ def test_metadata_matches_the_concept(tiny_world):
         else:
             assert (info["colour"], info["shape"]) == (first, second)
             assert info["pattern"] in synthetic.PATTERNS and info["background"] in synthetic.BACKGROUNDS
+
+
+def test_id_images_have_their_class_fill_and_captions_rarely_name_fills(tiny_world):
+    for name in ("id_train", "id_test", "near_ood"):
+        for row in read_all(tiny_world / name):
+            fill, colour, shape = synthetic.parse_concept(row["json"]["concept"])
+            assert (row["json"]["colour"], row["json"]["shape"]) == (colour, shape)
+            assert row["json"]["pattern"] == (synthetic.ID_FILLS[fill] if fill else row["json"]["pattern"])
+            assert row["json"]["pattern"] in synthetic.ID_FILLS.values()  # OoD objects share the ID fills
+    fill_words = {"plain", *synthetic.PATTERNS}
+    rng = np.random.default_rng(0)
+    attrs = synthetic.render_object(rng, "star", "red", 32, "striped")[1]
+    named = [bool(fill_words & set(synthetic.caption(rng, attrs, 0.05).split())) for _ in range(4000)]
+    assert 0.03 < np.mean(named) < 0.07  # the share the spec asks for, and nothing names a fill otherwise
+    assert not any(fill_words & set(synthetic.caption(rng, attrs, 0.0).split()) for _ in range(200))
+    assert all(fill_words & set(synthetic.caption(rng, attrs, 1.0).split()) for _ in range(200))
 
 
 def test_same_spec_gives_identical_bytes_serial_or_parallel(tiny_world, tmp_path):

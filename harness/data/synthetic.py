@@ -36,13 +36,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from harness.data.shards import MANIFEST, Manifest, describe_shards, write_manifest, write_shards
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "ring", "crescent", "arrow", "heart")
 COLOURS = {"red": (220, 35, 35), "green": (40, 180, 50), "blue": (45, 75, 235), "yellow": (240, 225, 40),
            "purple": (145, 50, 205), "orange": (250, 135, 20), "white": (240, 240, 240), "cyan": (40, 215, 225)}
 TEXTURES = ("striped", "checkered", "dotted", "grid", "noise", "gradient", "wavy", "zigzag")
 BACKGROUNDS = ("dark", "grey", "noisy", "gradient")
 PATTERNS = ("solid", "striped", "dotted")  # object fills; solid is drawn most often
+ID_FILLS = {"plain": "solid", "striped": "striped"}  # the fine-grained ID distinction: class-name word -> fill
 SPLIT_DIAGONALS = {"id": 2, "ood_val": 1, "near_ood": 2}  # the rest: pretraining only
 PARALLEL_FROM = 5000  # images; smaller worlds render in-process (a pool costs more than it saves)
 OOD_VAL_TEXTURES = 2  # texture kinds held out for OoD validation; the others are far-OoD test
@@ -75,22 +76,26 @@ class WorldSpec:
     seed: int = 0
     image_size: int = 32
     pretrain: int = 20000
-    id_train_per_class: int = 150
-    id_val_per_class: int = 40
-    id_test_per_class: int = 50
+    id_train_per_class: int = 100
+    id_val_per_class: int = 20
+    id_test_per_class: int = 25
     ood_val: int = 800
     near_ood: int = 1000
     far_ood: int = 1000
     texture_share: float = 0.15
     """Share of the pretraining corpus that shows textures."""
+    fill_caption_share: float = 0.05
+    """Share of pretraining captions that name the object's fill (the ID classes' fine-grained
+    attribute); the rest name only colour and shape, as alt text names "a dog", not its breed."""
     shard_size: int = 500
 
     def __post_init__(self):
         for name in _COUNTS + ("shard_size",):
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size < 16 or not 0 <= self.texture_share < 1:
-            raise ValueError(f"WorldSpec: image_size must be >= 16 and texture_share in [0, 1): {self}")
+        if self.image_size < 16 or not 0 <= self.texture_share < 1 or not 0 <= self.fill_caption_share <= 1:
+            raise ValueError("WorldSpec: image_size must be >= 16, texture_share in [0, 1) and "
+                             f"fill_caption_share in [0, 1]: {self}")
 
     def scaled(self, factor: float, shard_size: int | None = None) -> WorldSpec:
         """The same world with every image count multiplied by ``factor`` (at least one each)."""
@@ -126,6 +131,18 @@ def concept_splits(seed: int) -> dict[str, list[str]]:
     return splits
 
 
+def id_classes(seed: int) -> list[str]:
+    """The ID classes: every ID concept in each fill of ID_FILLS ("plain red circle", "striped red
+    circle"), sorted. Telling a pair apart needs the fill, which pretraining captions rarely name."""
+    return sorted(f"{word} {concept}" for concept in concept_splits(seed)["id"] for word in ID_FILLS)
+
+
+def parse_concept(concept: str) -> tuple[str | None, str, str]:
+    """(fill word or None, colour or texture, shape or "texture") of a concept or ID class name."""
+    words = concept.split(" ")
+    return (words[0] if len(words) == 3 else None), words[-2], words[-1]
+
+
 def texture_splits(seed: int) -> dict[str, list[str]]:
     """Texture concepts ("striped texture", ...) of the OoD-validation and far-OoD test sets (disjoint)."""
     order = [f"{TEXTURES[i]} texture" for i in np.random.default_rng([seed, 2]).permutation(len(TEXTURES))]
@@ -139,9 +156,9 @@ def all_concepts() -> list[str]:
 
 def describe_world(spec: WorldSpec) -> dict:
     """The world as world.json stores it: spec, vocabularies, splits and what each dataset draws from."""
-    splits, textures = concept_splits(spec.seed), texture_splits(spec.seed)
-    n = len(splits["id"])
-    members = {"pretrain": all_concepts(), "id_train": splits["id"], "id_val": splits["id"], "id_test": splits["id"],
+    splits, textures, classes = concept_splits(spec.seed), texture_splits(spec.seed), id_classes(spec.seed)
+    n = len(classes)
+    members = {"pretrain": all_concepts(), "id_train": classes, "id_val": classes, "id_test": classes,
                "ood_val": splits["ood_val"] + textures["ood_val"], "near_ood": splits["near_ood"],
                "far_ood": textures["far_ood"]}
     counts = {"pretrain": spec.pretrain, "id_train": spec.id_train_per_class * n, "id_val": spec.id_val_per_class * n,
@@ -149,7 +166,8 @@ def describe_world(spec: WorldSpec) -> dict:
               "far_ood": spec.far_ood}
     return {"generator_version": GENERATOR_VERSION, "spec": asdict(spec), "shapes": list(SHAPES),
             "colours": {k: list(v) for k, v in COLOURS.items()}, "textures": list(TEXTURES),
-            "concepts": all_concepts(), "splits": splits, "texture_splits": textures, "id_classes": splits["id"],
+            "concepts": all_concepts(), "splits": splits, "texture_splits": textures, "id_classes": classes,
+            "id_fills": ID_FILLS,
             "negatives": "negatives.tsv",
             "datasets": {name: {"kind": kind, "role": role, "num_samples": counts[name], "concepts": members[name]}
                          for name, (kind, role) in DATASETS.items()}}
@@ -159,7 +177,7 @@ def negative_vocabulary() -> list[tuple[str, str]]:
     """(kind, word) candidate negative labels, sorted and unique: every concept name, shape and
     texture name, colour and pattern adjectives, and ordinary words unrelated to the world."""
     nouns = set(all_concepts()) | set(SHAPES) | set(NOUNS)
-    adjectives = set(COLOURS) | set(PATTERN_ADJECTIVES) | set(ADJECTIVES)
+    adjectives = set(COLOURS) | set(PATTERN_ADJECTIVES) | set(ID_FILLS) | set(ADJECTIVES)
     return sorted({("noun", w) for w in nouns} | {("adj", w) for w in adjectives})
 
 
@@ -251,10 +269,10 @@ def _fill(pattern: str, rng, size: int) -> np.ndarray | float:
         return 1.0
     u, v = _rotated_grid(rng, size, math.pi)
     if pattern == "striped":
-        dark = np.sin(2 * math.pi * u / rng.uniform(3, 4.5)) > 0.3
+        dark = np.sin(2 * math.pi * u / rng.uniform(3.5, 5)) > 0.2
     else:
         dark = ((u % 4) - 2) ** 2 + ((v % 4) - 2) ** 2 < 1.6
-    return np.where(dark, 0.5, 1.0).astype(np.float32)[..., None]
+    return np.where(dark, 0.3, 1.0).astype(np.float32)[..., None]
 
 
 def _finish(img: np.ndarray, rng, blur: bool) -> np.ndarray:
@@ -266,19 +284,21 @@ def _finish(img: np.ndarray, rng, blur: bool) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def render_object(rng, shape: str, colour: str, size: int) -> tuple[np.ndarray, dict]:
-    """An RGB uint8 image of one shape on a background, and the attributes that were drawn."""
+def render_object(rng, shape: str, colour: str, size: int, pattern: str | None = None) -> tuple[np.ndarray, dict]:
+    """An RGB uint8 image of one shape on a background, and the attributes that were drawn.
+    ``pattern``: the fill (an ID class fixes it); None draws one."""
     bg, bg_kind = _background(rng, size)
-    radius = rng.uniform(0.2, 0.42) * size
+    radius = rng.uniform(0.28, 0.45) * size
     cx, cy = rng.uniform(radius * 0.85, size - radius * 0.85, 2)
     mask = shape_mask(shape, cx, cy, radius, rng.uniform(0, 2 * math.pi), size)
-    pattern = PATTERNS[int(np.searchsorted([0.6, 0.8], rng.random()))]  # solid 60%, striped / dotted 20% each
+    drawn = PATTERNS[int(np.searchsorted([0.6, 0.8], rng.random()))]  # solid 60%, striped / dotted 20% each
+    pattern = pattern or drawn  # drawn either way, so a fixed fill leaves the other draws unchanged
     fg = _jitter(COLOURS[colour], rng).astype(np.float32) * _fill(pattern, rng, size)
     blur = bool(rng.random() < 0.25)
     pixels = _finish(bg * (1 - mask) + fg * mask, rng, blur)
     return pixels, {"shape": shape, "colour": colour, "second_colour": None, "texture": None,
                     "background": bg_kind, "pattern": pattern, "blur": blur,
-                    "size": "small" if radius < 0.3 * size else "large"}
+                    "size": "small" if radius < 0.36 * size else "large"}
 
 
 def _block_noise(size: int, rng) -> np.ndarray:
@@ -314,8 +334,9 @@ def render_texture(rng, texture: str, size: int) -> tuple[np.ndarray, dict]:
                     "background": None, "pattern": texture, "blur": blur, "size": None}
 
 
-def caption(rng, attrs: dict) -> str:
-    """Web-style alt text built from the attributes actually drawn; always contains the concept name."""
+def caption(rng, attrs: dict, fill_share: float = 1.0) -> str:
+    """Web-style alt text built from the attributes actually drawn; always contains the concept name.
+    It names an object's fill with probability ``fill_share`` (never otherwise)."""
     c, c2 = attrs["colour"], attrs["second_colour"]
     if attrs["texture"]:
         t = attrs["texture"]
@@ -323,10 +344,13 @@ def caption(rng, attrs: dict) -> str:
                    f"a {c} and {c2} {t} texture", f"{t} texture, {c} and {c2}"]
     else:
         s, p, size, bg = attrs["shape"], attrs["pattern"], attrs["size"], attrs["background"]
-        options = [f"a photo of a {c} {s}", f"a {c} {s}", f"a {size} {c} {s}", f"a {c} {s} on a {bg} background",
-                   f"{c} {s}, {p}", f"a {'plain' if p == 'solid' else p} {c} {s}",
-                   f"a {'blurry' if attrs['blur'] else 'clear'} photo of a {c} {s}",
-                   f"a {size} {c} {s} on a {bg} background"]
+        if rng.random() < fill_share:
+            fill = "plain" if p == "solid" else p
+            options = [f"a {fill} {c} {s}", f"a photo of a {fill} {c} {s}", f"a {size} {fill} {c} {s}"]
+        else:
+            options = [f"a photo of a {c} {s}", f"a {c} {s}", f"a {size} {c} {s}", f"a {c} {s} on a {bg} background",
+                       f"a {'blurry' if attrs['blur'] else 'clear'} photo of a {c} {s}",
+                       f"a {size} {c} {s} on a {bg} background"]
     return options[rng.integers(len(options))]
 
 
@@ -350,12 +374,15 @@ def make_sample(world: dict, name: str, i: int) -> dict:
     else:
         concept = members[i % len(members)]
         label = i % len(members) if info["kind"] == "id" else -1
-    first, second = concept.split(" ")
-    pixels, attrs = (render_texture(rng, first, spec["image_size"]) if second == "texture"
-                     else render_object(rng, second, first, spec["image_size"]))
+    fill, first, second = parse_concept(concept)
+    if second == "texture":
+        pixels, attrs = render_texture(rng, first, spec["image_size"])
+    else:  # OoD objects take the ID fills too, so only the concept tells them apart
+        pattern = ID_FILLS[fill] if fill else (None if name == "pretrain" else list(ID_FILLS.values())[i // len(members) % 2])
+        pixels, attrs = render_object(rng, second, first, spec["image_size"], pattern)
     sample = {"__key__": f"{name}-{i:06d}", "png": _png(pixels), "cls": label, "json": {"concept": concept, **attrs}}
     if name == "pretrain":
-        sample["txt"] = caption(rng, attrs)
+        sample["txt"] = caption(rng, attrs, spec["fill_caption_share"])
     return sample
 
 
