@@ -43,6 +43,9 @@ class PretrainConfig(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(50, ge=0)
+    seed: int = 0
+    """The stand-in checkpoint's own seed, apart from the run's: like a published checkpoint, every
+    training seed starts from the same weights."""
 
 
 class DataConfig(_Section):

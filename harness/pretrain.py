@@ -25,9 +25,10 @@ CORPUS = "pretrain"
 
 
 def checkpoint_path(cfg: Config, data_root: Path) -> Path:
-    """Cache key: architecture, pretraining settings, seed and the world that made the corpus."""
+    """Cache key: architecture, pretraining settings (their own seed among them) and the world that
+    made the corpus; not the run's seed, so every training seed starts from the same weights."""
     world = (data_root / "world.json").read_bytes() if (data_root / "world.json").is_file() else b""
-    key = json.dumps({"arch": cfg.model.arch, "pretrain": cfg.pretrain.model_dump(), "seed": cfg.seed,
+    key = json.dumps({"arch": cfg.model.arch, "pretrain": cfg.pretrain.model_dump(),
                       "world": hashlib.sha256(world).hexdigest()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "pretrained" / f"{cfg.model.arch}-synthetic-{digest}.pt"
@@ -48,8 +49,8 @@ def ensure_pretrained(cfg: Config, data_root: Path, log=print) -> Path:
 
 
 def pretrain(cfg: Config, data_root: Path, log=print) -> torch.nn.Module:
-    torch.manual_seed(cfg.seed)
     settings = cfg.pretrain
+    torch.manual_seed(settings.seed)
     bundle = models.build(cfg.model.arch, None)
     manifest = read_manifest(data_root / CORPUS)
     steps = manifest.num_samples // settings.batch_size
@@ -58,7 +59,7 @@ def pretrain(cfg: Config, data_root: Path, log=print) -> torch.nn.Module:
     scheduler = engine.warmup_cosine(optimizer, settings.warmup_steps, steps * settings.epochs)
     # Bad samples are skipped (they only slow pretraining down); a mostly unreadable corpus fails.
     batches = CountedBatches(train_pipeline(manifest.shards, bundle.train_transform, decoded_captions, bundle.tokenizer,
-                                            settings.batch_size, seed=cfg.seed, shard_samples=manifest.shard_samples),
+                                            settings.batch_size, seed=settings.seed, shard_samples=manifest.shard_samples),
                              give_up_after=steps * settings.epochs * settings.batch_size, where=CORPUS)
     ctx = engine.RunContext()
     for epoch in range(1, settings.epochs + 1):

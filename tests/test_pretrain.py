@@ -3,7 +3,7 @@
 from harness import config, pretrain
 
 
-def test_the_checkpoint_is_keyed_by_arch_settings_seed_and_world(tmp_path, monkeypatch):
+def test_the_checkpoint_is_keyed_by_arch_pretraining_settings_and_world_not_the_run_seed(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     world = tmp_path / "world"
     world.mkdir()
@@ -11,6 +11,9 @@ def test_the_checkpoint_is_keyed_by_arch_settings_seed_and_world(tmp_path, monke
     cfg = config.load(None)
     first = pretrain.checkpoint_path(cfg, world)
     assert first == pretrain.checkpoint_path(cfg, world) and first.parent.name == "pretrained"
-    assert pretrain.checkpoint_path(config.load(None, ["seed=7"]), world) != first
+    assert pretrain.checkpoint_path(config.load(None, ["pretrain.seed=7"]), world) != first
+    assert pretrain.checkpoint_path(config.load(None, ["pretrain.epochs=4"]), world) != first
+    # a training seed starts from the same stand-in checkpoint, as from a published one
+    assert pretrain.checkpoint_path(config.load(None, ["seed=7"]), world) == first
     (world / "world.json").write_text('{"seed": 2}')
     assert pretrain.checkpoint_path(cfg, world) != first
