@@ -1,9 +1,11 @@
 """Classifier-head methods: LP (a linear head on the frozen image encoder), FFT (image encoder +
 head) and LP-FT (LP, then FFT from the learned head), all with cross-entropy over the ID classes.
 
-The head acts on the L2-normalised image embedding and starts as the class-prompt embeddings
-x the logit scale (bias 0), so before any step its logits are the zero-shot cosine logits; it
-is the classifier the head scores (MSP, Energy, MaxLogit) read. The text encoder never trains:
+The head acts on the L2-normalised image embedding: logits = s x (W f + b), with W starting as
+the class-prompt embeddings, b as 0 and s the logit scale (fixed), so before any step its logits
+are the zero-shot cosine logits. W is trained in cosine units, not s x W: with s ~ 100 an
+optimiser step of lr 2e-4 on s x W would move the logits by nothing (the head stayed at zero-shot
+for a whole demo run). It is the classifier the head scores (MSP, Energy, MaxLogit) read. The text encoder never trains:
 the text scores use the original class prompts against the method's image features.
 """
 
@@ -29,14 +31,24 @@ class CrossEntropyObjective:
         return loss, {"ce": loss.detach()}
 
 
+class ScaledHead(torch.nn.Linear):
+    """``scale`` x Linear(D, K): the weight in cosine units, the zero-shot logit scale a fixed buffer."""
+
+    def __init__(self, class_features: torch.Tensor, scale: float):
+        super().__init__(class_features.shape[1], class_features.shape[0])
+        with torch.no_grad():
+            self.weight.copy_(class_features)
+            self.bias.zero_()
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * super().forward(features)
+
+
 def add_head(model: MethodModel, setup: Setup) -> None:
-    """``model.extra.head``: Linear(D, K) = logit scale x the class-prompt embeddings (eval.eval_prompt), bias 0."""
+    """``model.extra.head``: the class-prompt embeddings (eval.eval_prompt) x the logit scale, bias 0."""
     zero_shot = text_classifier(model, setup.bundle.tokenizer, setup.classnames, setup.cfg.eval.eval_prompt, "cpu")
-    head = torch.nn.Linear(zero_shot.class_features.shape[1], len(setup.classnames))
-    with torch.no_grad():
-        head.weight.copy_(zero_shot.logit_scale * zero_shot.class_features)
-        head.bias.zero_()
-    model.extra["head"] = head
+    model.extra["head"] = ScaledHead(zero_shot.class_features, zero_shot.logit_scale)
 
 
 def head_logits(model: MethodModel, images: torch.Tensor) -> dict:
@@ -62,8 +74,9 @@ class HeadMethod(Method):
     def classifier(self, model, tokenizer, classnames, cfg, device):
         text = text_classifier(model, tokenizer, classnames, cfg.eval_prompt, device)
         head = model.extra["head"]
-        return Classifier(text.class_features, text.logit_scale, head.weight.detach().float().cpu(),
-                          head.bias.detach().float().cpu())
+        scale = head.scale.detach().float().cpu()
+        return Classifier(text.class_features, text.logit_scale, scale * head.weight.detach().float().cpu(),
+                          scale * head.bias.detach().float().cpu())
 
 
 class LpParams(MethodParams):
