@@ -317,8 +317,9 @@ def _trial_in_process(params: dict, base: dict, inputs: Inputs, out: str) -> Non
 
 
 def trials_in_process(cfg: Config) -> bool:
-    """Whether sweep trials run in the Tune trial (ASHA, one worker) rather than as Train runs."""
-    return cfg.search.scheduler == "asha" and cfg.resources.num_workers == 1
+    """Whether sweep trials run in the Tune trial rather than as Train runs: one worker, under ASHA
+    or when resources.trial_runner asks for it (a demo of many short trials on a small machine)."""
+    return cfg.resources.num_workers == 1 and (cfg.search.scheduler == "asha" or cfg.resources.trial_runner == "tune")
 
 
 class SweepInterrupted(RuntimeError):
