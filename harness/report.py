@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import evaluate, gap, methods, paper, plots, uncertainty
+from harness import evaluate, gap, methods, paper, plots, report_answer, uncertainty
 from harness import report_md as md
 from harness import report_stats as stats
 from harness.report_stats import Filters, Tables
@@ -94,8 +94,18 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
     return lines
 
 
-def _paired_section(tables: Tables, chosen: dict, scores: list[str], n_boot: int) -> list[str]:
-    diffs = stats.paired_differences(tables, chosen, scores, n_boot)
+def _shown_path(path: Path, report_dir: Path) -> str:
+    """``path`` relative to the report's directory, else to the working directory, when it lies
+    inside one (a committed report names no machine's paths), else as given."""
+    for base in (report_dir, Path.cwd()):
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _paired_section(diffs: pd.DataFrame) -> list[str]:
     head = ["## Is the difference real? (paired bootstrap)",
             "Both methods scored the same test samples, paired by sample key; each replicate resamples "
             "those samples once and computes both methods' metrics on them. Δ = first − second, in "
@@ -168,10 +178,13 @@ def _gap_section(runs: pd.DataFrame, chosen: dict[str, pd.Series], png: Path) ->
 
 
 def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFrame, out_md: Path,
-                    suffix: str, n_boot: int) -> list[str]:
+                    suffix: str, n_boot: int) -> tuple[list[str], list[str]]:
+    """(the suite's answer lines, for the report's opening; the rest of its sections)."""
     runs = tables.runs[tables.runs["suite"] == suite]
     ood = tables.ood[tables.ood["run_id"].isin(runs["run_id"])] if not tables.ood.empty else tables.ood
     chosen = stats.select_runs(runs)
+    diffs = stats.paired_differences(tables, chosen, scores, n_boot)
+    answer = report_answer.section(chosen, ci, ood, diffs, scores)
     lines = ["## Main table (FPR95 ID-positive / AUROC, percent, 95% bootstrap CI)",
              "FLYP is λ = 0; CMA is the λ > 0 run with the best validation objective (mean of ID-val accuracy "
              "and OoD-val AUROC); test sets never enter the selection. ID accuracy: Wilson 95% interval.", "",
@@ -179,7 +192,7 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
     lines += _selection_line(runs, chosen)
     lines += _other_scores_section(replace(tables, ood=ood), chosen, ci, scores)
     lines += _fpr_conventions(chosen, ood, scores)
-    lines += _paired_section(tables, chosen, scores, n_boot)
+    lines += _paired_section(diffs)
     lines += _paper_section(suite, chosen, ood) + _seed_section(runs, ood, scores)
     figures = out_md.parent / f"{out_md.stem}{suffix}"
     if _lambda_plot(runs, ood, ci, scores, Path(f"{figures}-lambda.png")):
@@ -190,7 +203,7 @@ def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFr
     if plots.roc_curves(arrays, Path(f"{figures}-roc.png")):
         lines += ["## ROC curves (ID positive; dotted: 95% of ID accepted, where FPR95 is read)",
                   f"![ROC curves]({figures.name}-roc.png)", ""]
-    return lines + _gap_section(runs, chosen, Path(f"{figures}-gap.png"))
+    return answer, lines + _gap_section(runs, chosen, Path(f"{figures}-gap.png"))
 
 
 def _fpr_conventions(chosen: dict[str, pd.Series], ood: pd.DataFrame, scores: list[str]) -> list[str]:
@@ -243,8 +256,14 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
     ci = stats.intervals(tables, tables.runs, n_boot)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     scores, suites = _scores(tables, filters), sorted(tables.runs["suite"].unique())
-    sources = ", ".join(f"`{stats.results_dir(Path(d))}`" for d in dirs)
-    sections = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')}._", "",
+    sources = ", ".join(f"`{_shown_path(stats.results_dir(Path(d)), out_md.parent)}`" for d in dirs)
+    bodies = {}
+    answers = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')}._", ""]
+    for suite in suites:
+        suffix = f"-{suite}" if len(suites) > 1 else ""
+        answer, bodies[suite] = _suite_sections(tables, suite, scores, ci, out_md, suffix, n_boot)
+        answers += ([f"**Suite {suite}**", ""] if len(suites) > 1 and answer else []) + answer
+    sections = answers + [
                 f"Read {sources}: {len(tables.runs)} runs, suites {', '.join(suites)}; filters: "
                 f"{filters.describe()}. Intervals: 95% percentile bootstrap, {n_boot} replicates (seed 0), "
                 "resampling the ID and OoD test samples (one ID draw shared by the OoD sets of a replicate, so "
@@ -256,9 +275,7 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
     if notes:
         sections += [notes, ""]
     for suite in suites:
-        suffix = f"-{suite}" if len(suites) > 1 else ""
-        sections += ([f"# Suite {suite}", ""] if len(suites) > 1 else [])
-        sections += _suite_sections(tables, suite, scores, ci, out_md, suffix, n_boot)
+        sections += ([f"# Suite {suite}", ""] if len(suites) > 1 else []) + bodies[suite]
     sections += _common_sections(tables, out_md)
     out_md.write_text("\n".join(sections))
     if run_sections is not None:

@@ -84,7 +84,12 @@ def test_paired_section_paper_and_seed_spread(mos_out, written):
 
 def test_report_is_deterministic_and_sections_exist(mos_out, written, tmp_path):
     again = report.write(mos_out / "results", tmp_path / "report.md", n_boot=200).read_text()
-    assert again.splitlines()[2:] == written.splitlines()[2:]  # only the "Generated" line may differ
+    # only the "Generated" line and the results path differ (relative beside the report, else as given)
+    assert "Read `results`:" in written and f"Read `{mos_out / 'results'}`:" in again
+    assert [l for l in again.splitlines()[2:] if not l.startswith("Read `")] == \
+        [l for l in written.splitlines()[2:] if not l.startswith("Read `")]
+    assert written.splitlines()[3] == "## The answer, from this run's numbers"  # the report opens with it
+    assert "- **Is CMA − FLYP resolved (neglabel, average over OoD sets)?** ΔAUROC" in written
     assert sum("Generated" in line for line in written.splitlines()) == 1
     for png in ("lambda", "scores", "roc", "training"):
         assert (tmp_path / f"report-{png}.png").read_bytes() == (mos_out / f"report-{png}.png").read_bytes()

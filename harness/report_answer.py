@@ -1,0 +1,106 @@
+"""The report's opening: the answers a reader came for, each from this run's numbers with its interval.
+
+Three questions, in the order a reader asks them: did fine-tuning help ID accuracy (the best
+selected fine-tuned run against zero-shot, Wilson intervals); which method x score detects best
+on each OoD test set (AUROC, percentile bootstrap), with the runner-up for scale; and is CMA −
+FLYP resolved (the paired bootstrap of the average over OoD sets, per score).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness import uncertainty
+from harness.methods import label
+from harness.report_md import ci_cell
+
+FINE_TUNED_EXCLUDES = ("zero-shot",)
+
+
+def _wilson(run: pd.Series, n_id: int) -> tuple[float, float]:
+    return uncertainty.wilson_interval(float(run["id_accuracy"]), n_id)
+
+
+def accuracy_answer(chosen: dict[str, pd.Series], ood: pd.DataFrame) -> str | None:
+    """Whether the best selected fine-tuned run beats zero-shot's ID accuracy, with both intervals."""
+    tuned = {m: r for m, r in chosen.items() if m not in FINE_TUNED_EXCLUDES and not pd.isna(r["id_accuracy"])}
+    if "zero-shot" not in chosen or not tuned or ood.empty or "n_id" not in ood:
+        return None
+    n_id = ood.groupby("run_id")["n_id"].first()
+    zero = chosen["zero-shot"]
+    best_method = max(tuned, key=lambda m: (tuned[m]["id_accuracy"], m))
+    best = tuned[best_method]
+    if zero["run_id"] not in n_id or best["run_id"] not in n_id:
+        return None
+    (z_low, z_high), (b_low, b_high) = _wilson(zero, int(n_id[zero["run_id"]])), _wilson(best, int(n_id[best["run_id"]]))
+    gain = 100 * (best["id_accuracy"] - zero["id_accuracy"])
+    if b_low > z_high:
+        verdict = "**yes**"
+    elif b_high < z_low:
+        verdict = "**no, it hurt**"
+    else:
+        verdict = "**not resolved**"
+    relation = "do not overlap" if b_low > z_high or b_high < z_low else "overlap"
+    return (f"- **Did fine-tuning help ID accuracy?** {verdict}: the best fine-tuned run, {label(best_method)}, "
+            f"reaches {ci_cell(best['id_accuracy'], b_low, b_high)}% against zero-shot's "
+            f"{ci_cell(zero['id_accuracy'], z_low, z_high)}% ({gain:+.2f} points; the Wilson 95% intervals "
+            f"{relation}).")
+
+
+def detection_answers(chosen: dict[str, pd.Series], ci: pd.DataFrame) -> list[str]:
+    """Per OoD test set (then the average): the method x score with the highest AUROC, and the runner-up."""
+    if ci.empty:
+        return []
+    names = {r["run_id"]: m for m, r in chosen.items()}
+    auroc = ci[(ci["metric"] == "auroc") & ci["run_id"].isin(names)]
+    lines = []
+    sets = sorted(d for d in auroc["dataset"].unique() if d != uncertainty.AVERAGE) + [uncertainty.AVERAGE]
+    for dataset in sets:
+        ranked = auroc[auroc["dataset"] == dataset].sort_values(["estimate", "run_id", "score"],
+                                                                ascending=[False, True, True])
+        if ranked.empty:
+            continue
+        where = "the average over OoD sets" if dataset == uncertainty.AVERAGE else dataset
+
+        def cell(row):
+            return f"{label(names[row['run_id']])} × {row['score']}, AUROC {ci_cell(row['estimate'], row['low'], row['high'])}"
+
+        top = ranked.iloc[0]
+        tied = len(ranked) > 1 and f"{100 * ranked.iloc[1]['estimate']:.2f}" == f"{100 * top['estimate']:.2f}"
+        runner = f" ({'tied with' if tied else 'runner-up:'} {cell(ranked.iloc[1])})" if len(ranked) > 1 else ""
+        lines.append(f"- **Best on {where}:** {cell(top)}{runner}.")
+    return lines
+
+
+def cma_flyp_answers(diffs: pd.DataFrame, scores: list[str]) -> list[str]:
+    """Per score: is CMA − FLYP on the average over OoD sets resolved by the paired bootstrap?"""
+    if diffs.empty:
+        return []
+    mine = diffs[(diffs["a"] == "cma") & (diffs["b"] == "flyp") & (diffs["dataset"] == uncertainty.AVERAGE)]
+    lines = []
+    for score in scores:
+        rows = mine[mine["score"] == score].set_index("metric")
+        if rows.empty:
+            continue
+        parts = []
+        for metric, title in (("auroc", "AUROC"), ("fpr95", "FPR95")):
+            row = rows.loc[metric]
+            est, low, high = 100 * row["estimate"], 100 * row["low"], 100 * row["high"]
+            resolved = uncertainty.Interval(row["estimate"], row["low"], row["high"]).excludes_zero()
+            parts.append(f"Δ{title} {est:+.2f} pp [{low:+.2f}, {high:+.2f}] "
+                         f"({'resolved' if resolved else 'not resolved'})")
+        lines.append(f"- **Is CMA − FLYP resolved ({score}, average over OoD sets)?** " + "; ".join(parts) + ".")
+    return lines
+
+
+def section(chosen: dict[str, pd.Series], ci: pd.DataFrame, ood: pd.DataFrame, diffs: pd.DataFrame,
+            scores: list[str]) -> list[str]:
+    """The report's opening lines (empty when nothing is answerable)."""
+    lines = [a for a in [accuracy_answer(chosen, ood)] if a] + detection_answers(chosen, ci)
+    lines += cma_flyp_answers(diffs, scores)
+    if not lines:
+        return []
+    return ["## The answer, from this run's numbers",
+            "Selected runs as in the main table (validation only); best = highest test estimate among them, "
+            "over every computed score. Intervals: 95%, test-sample noise only (the Seeds section has the "
+            "spread over training seeds).", ""] + lines + [""]
