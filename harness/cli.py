@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
-    _common(sub.add_parser("demo", help="the whole benchmark on the embedded synthetic data"), needs_config=False)
+    demo = sub.add_parser("demo", help="every registered method, compared on the embedded synthetic data (sweeps/demo.yaml)")
+    _common(demo, needs_config=False)
+    demo.add_argument("--method", dest="demo_methods", action="append", default=[], choices=methods.names(),
+                      help="run only this method's demo entries (repeatable; default: every registered method)")
     rep = sub.add_parser("report", help="markdown report + plots from one or more results directories")
     rep.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR",
                      help="an --out directory, or its results/ subdirectory (several: one report over all)")
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             records = driver.train(cfg, out, args.address, timer, live, name="-".join(p for p in (cfg.name, label) if p))
+        elif args.command == "demo":
+            records = driver.demo(cfg, out, args.address, timer, live, name=name, only=args.demo_methods or None)
         else:
             records = driver.sweep(cfg, out, args.address, timer, live, name=name)
     except ResourceError as err:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from harness import config as config_mod
+from harness import demo as demo_plan
 from harness import prepare, ray_layer, report, results, runner, tracking
 from harness.config import Config
 from harness.engine import RunContext
@@ -124,12 +126,36 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
     name = name or f"{cfg.name}-sweep"
     if not cfg.search.space:
         raise ValueError("search.space is empty: nothing to sweep (use `harness train` for one run)")
+    inputs, baseline = _sweep_start(cfg, out, address, timer, live, name)
+    return [baseline] + _tune(cfg, inputs, out, name, timer, live, f"Ray Tune sweep over {', '.join(cfg.search.space)}")
+
+
+def demo(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
+         name: str | None = None, only: Sequence[str] | None = None) -> list[tracking.Record]:
+    """Every registered method (or those in ``only``) on ``cfg``'s data (harness.demo has the plan):
+    the zero-shot baseline, round 1's sweep, then the sweeps that build on round 1's selected runs."""
+    name = name or f"{cfg.name}-sweep"
+    first = demo_plan.first_round(cfg, only)
+    inputs, baseline = _sweep_start(first, out, address, timer, live, name)
+    records = [baseline] + _tune(first, inputs, out, name, timer, live, "Ray Tune sweep: every method")
+    for what, later in demo_plan.later_rounds(cfg, records, only):
+        records += _tune(later, inputs, out, name, timer, live, f"Ray Tune sweep: {what}")
+    return records
+
+
+def _sweep_start(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None,
+                 name: str) -> tuple[prepare.Inputs, tracking.Record]:
     _start_ray(cfg, address, timer)  # ray_layer.sweep asks for (and waits for) the trials' nodes
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):
-        records = [zero_shot(cfg, inputs, out, name, live)]
-    with timer.stage(f"Ray Tune sweep over {', '.join(cfg.search.space)}"):
+        return inputs, zero_shot(cfg, inputs, out, name, live)
+
+
+def _tune(cfg: Config, inputs: prepare.Inputs, out: Path, name: str, timer: Timer, live: tracking.Live | None,
+          stage: str) -> list[tracking.Record]:
+    """One Tune search of ``cfg.search``, each trial recorded as it is returned."""
+    with timer.stage(stage):
         try:
             outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log, tracker=live)
         except ray_layer.SweepInterrupted as stop:  # keep what ended, then let the caller exit
@@ -137,9 +163,7 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
                 if summary is not None:
                     _record(out, name, trial_cfg, summary, error, status)
             raise
-        for trial_cfg, summary, status, error in outcomes:
-            records.append(_record(out, name, trial_cfg, summary, error, status))
-    return records
+        return [_record(out, name, trial_cfg, summary, error, status) for trial_cfg, summary, status, error in outcomes]
 
 
 def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], timer: Timer,

@@ -107,6 +107,14 @@ class Method:
     """The weights are computed from another run's (WiSE-FT), not trained: none is frozen."""
     baseline: ClassVar[bool] = False
     """The report pairs every other method against each baseline (zero-shot, FLYP)."""
+    demo: ClassVar[tuple[dict, ...]] = ({},)
+    """What `harness demo` runs of this method: one run per entry, each a partial ``method:``
+    section over the defaults (CMA: a small lam grid); () runs none (zero-shot, every sweep's baseline)."""
+    demo_seeds: ClassVar[int] = 1
+    """Training seeds the demo gives this method's validation-selected entry (a real seed spread)."""
+    demo_source: ClassVar[str | None] = None
+    """A method whose validation-selected demo run this one's entries take as ``source`` (WiSE-FT:
+    FLYP); they run after it."""
 
     def __init__(self, params: MethodParams):
         self.params = params

@@ -34,6 +34,7 @@ class ZeroShot(Method):
     description = "the starting weights, no training; class prompts classify"
     Params = ZeroShotParams
     trains, baseline = False, True
+    demo = ()  # the baseline of every sweep
 
 
 class FlypParams(MethodParams):
@@ -64,6 +65,7 @@ class Flyp(Method):
     description = "both encoders, the CLIP contrastive loss with the class prompt as each image's caption"
     Params = FlypParams
     baseline = True
+    demo_seeds = 2
 
     def caption(self, classnames, cfg, rank):
         if self.params.templates == "openai":
@@ -88,6 +90,8 @@ class Cma(Method):
     name, label, colour = "cma", "CMA", "tab:red"
     description = "FLYP's loss + lam x the CMA regulariser (method.md)"
     Params = CmaParams
+    demo = ({"lam": 0.001}, {"lam": 0.01}, {"lam": 0.1})
+    demo_seeds = 2
 
     def objective(self, ctx):
         return ContrastiveObjective(self.params.lam, ctx)

@@ -151,6 +151,7 @@ class Locoop(Coop):
     name, label, colour = "locoop", "LoCoOp", "tab:cyan"
     description = "CoOp + lam x the entropy of the patches whose class is outside their top_k (LoCoOp)"
     Params = LocoopParams
+    demo = ({"top_k": 8},)  # the paper's 200 of 1,000 classes, as a share of the demo's 40 (200 would cap at 40: no patch is OoD)
 
     def extend(self, model, setup):
         super().extend(model, setup)

@@ -44,6 +44,7 @@ class WiseFt(Method):
     description = "weight-space interpolation between the starting weights and method.source's, alpha"
     Params = WiseFtParams
     trains, sets_weights = False, True
+    demo, demo_source = ({"alpha": 0.25}, {"alpha": 0.5}, {"alpha": 0.75}), "flyp"  # alpha 0 and 1 are runs already
 
     @classmethod
     def example(cls, checkpoint: str) -> dict:
