@@ -63,7 +63,9 @@ def _selection_line(runs: pd.DataFrame, chosen: dict[str, pd.Series]) -> list[st
         return []
     pick = chosen["cma"]
     done = runs[(runs["status"] == "finished") & (runs["method"] == "cma")].sort_values("lam")
-    others = ", ".join(f"λ {r['lam']:g}: {md._num(r['val_objective'])}" for _, r in done.iterrows())
+    seeds = done["seed"].nunique() > 1 if "seed" in done else False  # name the seed when a λ has several
+    others = ", ".join(f"λ {r['lam']:g}{f' seed {r.seed}' if seeds else ''}: {md._num(r['val_objective'])}"
+                       for _, r in done.sort_values(["lam", "seed"] if seeds else ["lam"]).iterrows())
     return [f"**Selected: CMA is λ = {pick['lam']:g}** (`{pick['run_id']}`), the best validation objective "
             f"({md._num(pick['val_objective'])}) of the λ > 0 runs ({others}).", ""]
 

@@ -141,6 +141,7 @@ def test_every_score_is_shown_below_chance_flagged_directions_worded_and_lam_nam
     assert written.count(" ⚠ |") == 3  # msp below chance for each of the three methods
     assert "⚠ **msp is below chance**" in written
     assert f"**Selected: CMA is λ = {chosen['cma']['lam']:g}**" in written
+    assert "(λ 0.1 seed 0: 0.660, λ 0.1 seed 1: 0.670)" in written  # two seeds of one λ: each named
     assert "**FLYP vs zero-shot, neglabel" in written
     diffs = report_stats.paired_differences(tables, chosen, ["mcm"], 200)
     row = diffs[(diffs["a"] == "cma") & (diffs["b"] == "zero-shot") & (diffs["dataset"] == "avg")
