@@ -5,13 +5,17 @@ into diagonals (shape i with colour i + d): each diagonal holds every shape and
 every colour once, so any union of diagonals needs both attributes to tell its
 members apart. Diagonals go to the ID classes, the OoD-validation concepts, the
 near-OoD test concepts (new combinations of seen attributes, like SSB-hard) and
-concepts seen only in pretraining. Object-free textures are far-OoD; their kinds
+concepts seen only in pretraining. Each ID concept is two ID classes, one per fill
+("plain red circle", "striped red circle"): the fine-grained distinction that the
+pretraining captions name only ``fill_caption_share`` of the time (web alt text says
+"a dog", ImageNet asks for the breed), so zero-shot guesses it and fine-tuning on
+labels learns it. OoD objects take the same fills. Object-free textures are far-OoD; their kinds
 are split between the far-OoD test set and the OoD-validation set, so validation
 never sees the test distribution. The captioned pretraining corpus covers every
 concept and texture (CLIP's web data saw everything) and ``negatives.tsv`` stands
 in for WordNet's candidate negative labels.
 
-Nuisance variation (position, size, rotation, background, fill pattern, colour
+Nuisance variation (position, size, rotation, background, pretraining fills, colour
 jitter, blur, noise) keeps the task from being trivial. Every sample comes from
 its own seeded generator, so output is byte-identical for a spec and independent
 of order or process count.
@@ -71,17 +75,17 @@ DATASETS = {  # name -> (kind, role); ID datasets share the ID classes
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """Sizes and seed of the world; the defaults are the demo's (~28k images)."""
+    """Sizes and seed of the world; the defaults are the demo's (~32k images)."""
 
     seed: int = 0
     image_size: int = 32
     pretrain: int = 20000
     id_train_per_class: int = 100
     id_val_per_class: int = 20
-    id_test_per_class: int = 25
+    id_test_per_class: int = 50
     ood_val: int = 800
-    near_ood: int = 1000
-    far_ood: int = 1000
+    near_ood: int = 2000
+    far_ood: int = 2000
     texture_share: float = 0.15
     """Share of the pretraining corpus that shows textures."""
     fill_caption_share: float = 0.05
