@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
-    demo = sub.add_parser("demo", help="every registered method, compared on the embedded synthetic data (sweeps/demo.yaml)")
+    demo = sub.add_parser("demo", help="every registered method, compared on the embedded synthetic data (sweeps/demo.yaml; "
+                          "the plan comes from the method registry, not the file's search space)")
     _common(demo, needs_config=False)
     demo.add_argument("--method", dest="demo_methods", action="append", default=[], choices=methods.names(),
                       help="run only this method's demo entries (repeatable; default: every registered method)")
@@ -199,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args), space=args.space)
+        if args.command == "demo":  # its plan comes from the method registry, not the file's search space
+            from harness import demo as demo_plan
+
+            try:
+                demo_plan.first_round(cfg, args.demo_methods or None)
+            except ValueError as err:
+                raise UsageError(f"--method: {err}") from None
         # Every check that needs no compute, before any is spent (names the field and what is allowed).
         out = preflight.check_run(cfg, args.out or default_out(cfg.name), args.address,
                                   sweep=args.command != "train")

@@ -90,3 +90,10 @@ def test_the_demo_runs_every_method_and_a_short_fine_tune_beats_zero_shot(world,
     acc = {m: float(g.sort_values("val_objective").iloc[-1]["id_accuracy"]) for m, g in runs.groupby("method")}
     n = int(results.read(out / "results", results.OOD)["n_id"].iloc[0])
     assert uncertainty.wilson_interval(acc["flyp"], n)[0] > uncertainty.wilson_interval(acc["zero-shot"], n)[1], acc
+
+
+def test_a_demo_with_nothing_to_run_exits_2_before_any_compute(tmp_path, capsys):
+    from harness import cli
+
+    assert cli.main(["demo", "--method", "zero-shot", "--method", "wise-ft", "--out", str(tmp_path / "o")]) == 2
+    assert "--method: the demo has nothing to run" in capsys.readouterr().err and not (tmp_path / "o").exists()
