@@ -12,6 +12,7 @@ import torch
 
 from harness import config, methods, models
 from harness.classifier import Classifier
+from harness.data import synthetic
 from harness.config import MethodParams
 from harness.methods.prompts import fitting_ctx, locoop_regulariser
 
@@ -252,7 +253,8 @@ def test_a_wise_ft_run_directory_evaluates_to_its_own_rows_from_another_out(ray_
 @pytest.mark.slow
 def test_coop_changes_only_its_context_vectors(ray_methods):
     _, summary, run_dir = _fit(ray_methods, {"name": "coop", "n_ctx": 4, "shots": 4})
-    assert summary["train_samples"] == 4 * 20 and summary["n_ctx"] == 4
+    classes = len(synthetic.id_classes(synthetic.small_spec().seed))
+    assert summary["train_samples"] == 4 * classes and summary["n_ctx"] == 4  # 4 shots of every class
     assert not _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
     trained = torch.load(run_dir / "checkpoint" / "method.pt", weights_only=True)
     assert set(trained) == {"prompt.ctx"} and trained["prompt.ctx"].shape == (4, 64)

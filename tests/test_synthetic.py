@@ -178,3 +178,4 @@ def test_specs_are_validated_and_sized_for_their_users():
     shard = synthetic.small_spec().shard_size
     assert small["id_train"]["num_samples"] > 2 * shard  # several training shards for two workers
     assert small["near_ood"]["num_samples"] <= shard  # one shard: a second rank gets none
+    assert shard < small["id_test"]["num_samples"] <= 2 * shard and shard < small["far_ood"]["num_samples"] <= 2 * shard
