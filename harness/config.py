@@ -148,12 +148,22 @@ class EvalConfig(_Section):
     adaneg_threshold: float = Field(0.5, ge=0, le=1)
     adaneg_gap: float = Field(0.5, ge=0, le=1)
     scores: tuple[str, ...] = ("mcm", "neglabel", "msp", "energy", "max_logit")
+    """The scores every run computes; ``all``: every registered score (harness/scores/)."""
     selection_score: str = "neglabel"
     """Score whose OoD-validation AUROC enters the selection objective."""
     batch_size: int = Field(256, ge=1)
     allow_bad_samples: bool = False
     """False: a bad sample in an evaluation set is an error naming its shard and key (metrics over an
     unknown subset are not comparable). True: skip it; the count is in the results (bad_samples_eval)."""
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _all_scores(cls, value: Any) -> Any:
+        if value == "all" or value == ["all"]:
+            from harness.scores import SCORE_SPECS
+
+            return tuple(sorted(SCORE_SPECS))
+        return value
 
     @model_validator(mode="after")
     def _selection_in_scores(self) -> "EvalConfig":

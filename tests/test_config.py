@@ -159,3 +159,11 @@ def test_flatten_gives_dotted_scalars():
     assert flat["method.name"] == "flyp" and flat["method.templates"] == "single" and flat["model.arch"] == "tiny-vit-32"
     assert config.flatten(config.load(None, ["method.name=cma", "method.lam=0.1"]))["method.lam"] == 0.1
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
+
+
+def test_eval_scores_all_is_every_registered_score():
+    from harness.scores import SCORE_SPECS
+
+    cfg = config.load(None, ["eval.scores=all"])
+    assert cfg.eval.scores == tuple(sorted(SCORE_SPECS)) and "odin" in cfg.eval.scores
+    assert config.from_dict(config.to_tree(cfg)).eval.scores == cfg.eval.scores  # recorded as the names
