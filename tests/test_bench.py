@@ -48,7 +48,12 @@ def test_bench_smoke_every_benchmark_but_ray(tmp_path, bench_world):
     names = [n for n in run.BENCHMARKS if n != "ray"]
     df = _bench(tmp_path, names)
     assert len(df[df.bench == "pipeline"]) == 6 and len(df[df.bench == "eval"]) == 3
-    assert (df[df.bench != "gpu"]["value"] > 0).all()
+    # pillow-simd is an optional ceiling built by hand (harness/bench/decode.py): NaN, and the section
+    # says why, on a machine without it (a fresh CI machine); every other figure is measured.
+    simd = df["figure"].str.contains("pillow-simd")
+    assert (df[(df.bench != "gpu") & ~simd]["value"] > 0).all()
+    text = (tmp_path / "bench.md").read_text()
+    assert all(v > 0 or (math.isnan(v) and "pillow-simd: not built" in text) for v in df[simd]["value"])
     decode = df[df.bench == "decode"]
     assert {"img/s", "cores"} <= set(decode["unit"]) and len(decode[decode.unit == "cores"]) == 2
     if not torch.cuda.is_available():
