@@ -45,9 +45,7 @@ def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores
     if ci.empty:
         return False
     done = runs[runs["status"] == "finished"]
-    n_id = ood.groupby("run_id")["n_id"].first() if "n_id" in ood else pd.Series(dtype=float)
-    bounds = [uncertainty.wilson_interval(r["id_accuracy"], int(n_id[r["run_id"]])) if r["run_id"] in n_id
-              else (r["id_accuracy"], r["id_accuracy"]) for _, r in done.iterrows()]
+    bounds = [stats.id_accuracy_interval(r, ood) or (r["id_accuracy"], r["id_accuracy"]) for _, r in done.iterrows()]
     done = done.assign(acc_low=[b[0] for b in bounds], acc_high=[b[1] for b in bounds])
     avg = ci[(ci["dataset"] == uncertainty.AVERAGE) & ci["score"].isin(scores)]
     trained = done[done["lam"].notna()]  # the methods with a λ (FLYP, CMA)

@@ -10,29 +10,30 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness import uncertainty
+from harness import methods, uncertainty
 from harness.methods import label
 from harness.report_md import ci_cell
+from harness.report_stats import id_accuracy_interval
 
-FINE_TUNED_EXCLUDES = ("zero-shot",)
 
-
-def _wilson(run: pd.Series, n_id: int) -> tuple[float, float]:
-    return uncertainty.wilson_interval(float(run["id_accuracy"]), n_id)
+def _fine_tuned(method: str) -> bool:
+    """A method whose weights differ from the start: it trains, or sets them from a run that did."""
+    spec = methods.get(method)
+    return spec.trains or spec.sets_weights
 
 
 def accuracy_answer(chosen: dict[str, pd.Series], ood: pd.DataFrame) -> str | None:
     """Whether the best selected fine-tuned run beats zero-shot's ID accuracy, with both intervals."""
-    tuned = {m: r for m, r in chosen.items() if m not in FINE_TUNED_EXCLUDES and not pd.isna(r["id_accuracy"])}
-    if "zero-shot" not in chosen or not tuned or ood.empty or "n_id" not in ood:
+    tuned = {m: r for m, r in chosen.items() if _fine_tuned(m) and not pd.isna(r["id_accuracy"])}
+    if "zero-shot" not in chosen or not tuned:
         return None
-    n_id = ood.groupby("run_id")["n_id"].first()
     zero = chosen["zero-shot"]
     best_method = max(tuned, key=lambda m: (tuned[m]["id_accuracy"], m))
     best = tuned[best_method]
-    if zero["run_id"] not in n_id or best["run_id"] not in n_id:
+    zero_iv, best_iv = id_accuracy_interval(zero, ood), id_accuracy_interval(best, ood)
+    if zero_iv is None or best_iv is None:
         return None
-    (z_low, z_high), (b_low, b_high) = _wilson(zero, int(n_id[zero["run_id"]])), _wilson(best, int(n_id[best["run_id"]]))
+    (z_low, z_high), (b_low, b_high) = zero_iv, best_iv
     gain = 100 * (best["id_accuracy"] - zero["id_accuracy"])
     if b_low > z_high:
         verdict = "**yes**"

@@ -129,6 +129,15 @@ def apply(tables: Tables, filters: Filters) -> Tables:
                    samples=restrict(tables.samples, True))
 
 
+def id_accuracy_interval(run: pd.Series, ood: pd.DataFrame) -> tuple[float, float] | None:
+    """Wilson 95% interval of ``run``'s ID accuracy over its ID test set (size n_id, as recorded in
+    the OoD table); None when its size or accuracy is not recorded."""
+    if ood.empty or "n_id" not in ood or pd.isna(run["id_accuracy"]):
+        return None
+    n_id = ood.loc[ood["run_id"] == run["run_id"], "n_id"]
+    return uncertainty.wilson_interval(float(run["id_accuracy"]), int(n_id.iloc[0])) if len(n_id) else None
+
+
 def select_runs(runs: pd.DataFrame) -> dict[str, pd.Series]:
     """One run per method: the finished run with the best validation objective (ID accuracy when
     no objective was recorded). Selection reads validation columns only, never a test-set metric."""
