@@ -368,6 +368,15 @@ def _png(pixels: np.ndarray) -> bytes:
 
 # --- datasets ------------------------------------------------------------------------------------
 
+def _object_fill(fill: str | None, dataset: str, cycle: int) -> str | None:
+    """The fill an object sample is drawn with: its ID class's (``fill``, the class-name word); in an
+    OoD set the ID fills in turn, one per pass over the set's concepts (``cycle``), so only the
+    concept tells it from ID; None in pretraining (drawn at random)."""
+    if fill:
+        return ID_FILLS[fill]
+    return None if dataset == "pretrain" else list(ID_FILLS.values())[cycle % len(ID_FILLS)]
+
+
 def make_sample(world: dict, name: str, i: int) -> dict:
     """Sample ``i`` of dataset ``name``: a pure function of (spec, name, i)."""
     spec, info = world["spec"], world["datasets"][name]
@@ -383,9 +392,8 @@ def make_sample(world: dict, name: str, i: int) -> dict:
     fill, first, second = parse_concept(concept)
     if second == "texture":
         pixels, attrs = render_texture(rng, first, spec["image_size"])
-    else:  # OoD objects take the ID fills too, so only the concept tells them apart
-        pattern = ID_FILLS[fill] if fill else (None if name == "pretrain" else list(ID_FILLS.values())[i // len(members) % 2])
-        pixels, attrs = render_object(rng, second, first, spec["image_size"], pattern)
+    else:
+        pixels, attrs = render_object(rng, second, first, spec["image_size"], _object_fill(fill, name, i // len(members)))
     sample = {"__key__": f"{name}-{i:06d}", "png": _png(pixels), "cls": label, "json": {"concept": concept, **attrs}}
     if name == "pretrain":
         sample["txt"] = caption(rng, attrs, spec["fill_caption_share"])
