@@ -395,20 +395,28 @@ def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.Ru
     embeddings, counts = {}, {}
     for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test)):  # a set named twice is encoded once
         path = _cache_path(cfg, paths, cache, name)
-        part = None
-        if not path.is_file():
-            part = _encode_share(cfg, read_manifest(paths.dataset(name)), bundle, model, ctx.device,
-                                 ctx.rank, ctx.world_size)
+        manifest = read_manifest(paths.dataset(name))
+        cached = cache.lookup(path)  # None when missing or corrupt: this rank encodes its share
+        part = None if cached is not None else _encode_share(cfg, manifest, bundle, model, ctx.device,
+                                                             ctx.rank, ctx.world_size)
         parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
         counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
         if ctx.rank != 0:
             continue
-        present = [p for p in parts if p is not None]
-        if not path.is_file() and not present:
-            raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
-        whole = lambda: evaluate.Embeddings(torch.cat([p.features for p in present]),  # noqa: E731
-                                            torch.cat([p.labels for p in present]),
-                                            [k for p in present for k in p.keys]).as_dict()
+        if cached is not None:
+            embeddings[name] = evaluate.Embeddings.from_dict(cached)
+            continue
+
+        def whole(parts=parts, manifest=manifest):
+            skipped = any(p is None and manifest.shards[r::len(parts)] for r, p in enumerate(parts))
+            if skipped:  # a rank read a good entry that rank 0 did not (rebuilt meanwhile): encode it all here
+                parts = [_encode_share(cfg, manifest, bundle, model, ctx.device)]
+            present = [p for p in parts if p is not None]
+            if not present:
+                raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
+            return evaluate.Embeddings(torch.cat([p.features for p in present]), torch.cat([p.labels for p in present]),
+                                       [k for p in present for k in p.keys]).as_dict()
+
         embeddings[name] = evaluate.Embeddings.from_dict(cache.get_or_build(path, whole))
     return (embeddings if ctx.rank == 0 else None), counts
 

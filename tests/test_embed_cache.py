@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import time
 
+import pytest
 import torch
 
 from harness import embed_cache, models
@@ -88,3 +89,97 @@ def test_size_and_prune(tmp_path):
     assert not old.exists() and new.exists()
     assert embed_cache.prune(tmp_path / "c")[0] == 1
     assert embed_cache.sizes(tmp_path / "c") == {}
+
+
+def _corrupt(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "flip":  # 8 bytes in the middle of the tensor data: still a loadable zip, wrong values
+        middle = len(data) // 2
+        data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    elif how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_truncated_or_empty_entry_is_reported_by_name_and_rebuilt(tmp_path):
+    d, said = _dataset(tmp_path), []
+    cache = embed_cache.EmbeddingCache(tmp_path / "c", "w" * 64, {"arch": "a"}, log=said.append)
+    right = {"features": torch.arange(20000, dtype=torch.float32)}
+    for how in ("flip", "truncate", "empty"):
+        path = cache.path(d, how)
+        cache.get_or_build(path, lambda: right)
+        _corrupt(path, how)
+        with pytest.raises(embed_cache.CorruptEntry):
+            embed_cache.read_entry(path)
+        got = cache.get_or_build(path, lambda: {"features": right["features"].clone()})
+        assert torch.equal(got["features"], right["features"]), how
+        assert str(path) in said[-1] and "corrupt" in said[-1]
+        assert torch.equal(embed_cache.read_entry(path)["features"], right["features"])  # the rebuilt one is good
+    assert cache.rebuilt == 3 and "3 corrupt entries rebuilt" in cache.summary()
+    path = cache.path(d, "undigested")
+    torch.save({"x": torch.ones(1)}, path)  # an entry with no digest beside it (older harness) is not trusted
+    assert torch.equal(cache.get_or_build(path, lambda: {"x": torch.zeros(1)})["x"], torch.zeros(1))
+
+
+def test_prune_skips_held_entries_and_a_build_recreates_its_folder(tmp_path):
+    import threading
+
+    cache, d = _cache(tmp_path / "c"), _dataset(tmp_path)
+    held = cache.path(d, "held")
+    cache.get_or_build(held, lambda: {"x": torch.ones(3)})
+    with embed_cache._locked(held.with_name(held.name + ".lock")):  # a repair of it in progress
+        assert embed_cache.prune(tmp_path / "c") == (0, 0)
+        assert held.is_file() and held.with_name(held.name + ".lock").is_file()
+    assert embed_cache.prune(tmp_path / "c")[0] == 1  # let go: pruned, lock and folder with it
+    assert embed_cache.sizes(tmp_path / "c") == {} and not list((tmp_path / "c").iterdir())
+
+    building, done, errors = threading.Event(), [], []
+    path = cache.path(d, "slow")
+
+    def build():
+        building.set()
+        time.sleep(0.5)
+        return {"x": torch.full((100,), 7.0)}
+
+    def worker():
+        try:
+            done.append(cache.get_or_build(path, build))
+        except Exception as err:  # noqa: BLE001 - the test reports it
+            errors.append(err)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    building.wait(10)
+    assert embed_cache.prune(tmp_path / "c") == (0, 0)  # the build holds the entry's lock
+    thread.join(30)
+    assert not errors and torch.equal(done[0]["x"], torch.full((100,), 7.0)) and path.is_file()
+
+    stale = path.with_name(f".{path.name}.tmp99999")  # a killed build's leftover
+    stale.write_bytes(b"x" * 5000)
+    entries, size = embed_cache.sizes(tmp_path / "c")[path.parent.name]
+    assert entries == 1 and size > 5000  # counted
+    with embed_cache._locked(path.with_name(path.name + ".lock")):  # a live build's temp file is kept
+        embed_cache.prune(tmp_path / "c", older_than_days=5)
+        assert stale.exists()
+    assert embed_cache.prune(tmp_path / "c", older_than_days=5) == (0, 5000)
+    assert not stale.exists() and path.is_file()
+
+
+def test_the_key_follows_the_shards_on_disk(tmp_path):
+    d = tmp_path / "set-s"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"name": "set-s", "shards": ["s.tar"], "checksums": {"s.tar": "x"}}))
+    shard = d / "s.tar"
+    shard.write_bytes(b"a" * 1000)
+    stamp = (1_700_000_000, 1_700_000_000)
+    os.utime(shard, stamp)
+    cache = _cache(tmp_path / "c")
+    good = cache.path(d, "features", allow_bad=True)
+    shard.write_bytes(b"a" * 400)  # truncated: read with eval.allow_bad_samples it gives fewer samples
+    assert cache.path(d, "features", allow_bad=True) != good
+    shard.write_bytes(b"a" * 1000)  # repaired, even to the same size
+    assert cache.path(d, "features", allow_bad=True) != good  # same size, another modification time
+    os.utime(shard, stamp)  # restored as it was (cp -p): the same bytes at the same time, the old entry serves
+    assert cache.path(d, "features", allow_bad=True) == good
