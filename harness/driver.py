@@ -191,12 +191,13 @@ def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
         log(f"nothing to sync: no sweep of {out} waits for MLflow")
         return 0
     runs = results.read(results_dir(out), results.RUNS)
-    for done, (name, entry) in enumerate(entries.items()):
+    for done, entry in enumerate(entries.values()):
+        name = entry["name"]
         records = [_stored_record(out, runs, rid) for rid in entry["run_ids"]]
         target, synced = tracking.log_or_defer(
             Config.model_validate(entry["config"]), out, name, records, [Path(p) for p in entry["artifacts"]],
             {rid: [Path(p) for p in paths] for rid, paths in entry["run_artifacts"].items()},
-            uri=uri or entry["tracking_uri"], entry_id=entry.get("entry_id"))
+            uri=uri or entry["tracking_uri"], entry_id=entry["entry_id"])
         if not synced:  # warned once; the others would fail the same way
             return len(entries) - done
         log(f"synced {name}: {len(records)} run(s) to {target}")

@@ -372,20 +372,26 @@ def pending_path(out: Path) -> Path:
 
 
 def pending(out: Path) -> dict[str, dict]:
-    """Sweeps whose MLflow logging has not completed: name -> entry (see :func:`log_or_defer`)."""
+    """Sweeps whose MLflow logging has not completed: entry id -> entry (see :func:`log_or_defer`).
+    Keyed by the entry's own id, not its sweep name: every `harness train` of one --out is
+    `demo-train`, and two of them (or two evaluates) must not take each other's place."""
     path = pending_path(out)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    # A file from before entry ids were keys is keyed by sweep name: that name serves as its id.
+    return {entry.get("entry_id") or key: {"name": key, **entry, "entry_id": entry.get("entry_id") or key}
+            for key, entry in entries.items()}
 
 
-def _update_pending(out: Path, name: str, entry: dict | None) -> None:
-    """Set (or with None, remove) one entry, atomically, under the results lock."""
+def _update_pending(out: Path, entry_id: str, entry: dict | None) -> None:
+    """Set (or with None, remove) one entry, atomically, under the results lock (so concurrent
+    sweeps of one --out add and remove only their own)."""
     path = pending_path(out)
     with results.locked(path.parent):
         entries = pending(out)
         if entry is None:
-            entries.pop(name, None)
+            entries.pop(entry_id, None)
         else:
-            entries[name] = entry
+            entries[entry_id] = entry
         if not entries:
             path.unlink(missing_ok=True)
             return
@@ -412,7 +418,7 @@ def log_or_defer(cfg: Config, out: Path, name: str, records: list[Record], artif
     entry = {"name": name, "entry_id": entry_id, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
              "run_ids": [r.run_id for r in records], "artifacts": [str(p) for p in artifacts],
              "run_artifacts": {rid: [str(p) for p in paths] for rid, paths in (run_artifacts or {}).items()}}
-    _update_pending(out, name, entry)
+    _update_pending(out, entry_id, entry)
     try:
         if live is not None:
             if live.broken or not live.finish(records, artifacts, run_artifacts, entry_id):
@@ -430,5 +436,5 @@ def log_or_defer(cfg: Config, out: Path, name: str, records: list[Record], artif
              f"{Path(out) / 'results'}. {len(records)} run(s) of {name} wait in {pending_path(out)}: "
              f"run `harness sync-mlflow --out {out}` once it is back")
         return uri, False
-    _update_pending(out, name, None)
+    _update_pending(out, entry_id, None)
     return uri, True

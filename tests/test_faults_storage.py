@@ -147,7 +147,8 @@ def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     uri, synced = tracking.log_or_defer(cfg, out, "defer-sweep", records, warn=warnings.append)
     assert not synced and len(warnings) == 1 and time.perf_counter() - started < 30
     assert "harness sync-mlflow --out" in warnings[0]
-    assert tracking.pending(out)["defer-sweep"]["run_ids"] == ["defer-0.0", "defer-0.1"]
+    [entry] = tracking.pending(out).values()
+    assert entry["name"] == "defer-sweep" and entry["run_ids"] == ["defer-0.0", "defer-0.1"]
 
     good = f"sqlite:///{tmp_path / 'good.db'}"
     saved = tracking.pending_path(out).read_text()
@@ -167,6 +168,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _deferred_run(out: Path, method: str, uri: str, sweep: str) -> tuple[str, bool]:
+    """One run recorded into ``out`` and logged (or deferred) under ``sweep``, as a train or an
+    evaluate of one --out does: every train point is `<name>-train`, every evaluate `<name>-evaluate`."""
+    cfg = config.load(None, [f"tracking.mlflow_uri={uri}", "name=keyed", f"method.name={method}"])
+    rid = f"keyed-{method}-{uri.rsplit('/', 1)[-1].split('.')[0]}"
+    (out / "runs" / rid).mkdir(parents=True, exist_ok=True)
+    (out / "runs" / rid / "result.json").write_text(json.dumps(SUMMARY))
+    results.record_run(out / "results", rid, sweep, cfg, SUMMARY)
+    _, synced = tracking.log_or_defer(cfg, out, sweep, [tracking.Record(rid, cfg, SUMMARY, "finished")],
+                                      warn=lambda message: None)
+    return rid, synced
+
+
+@pytest.mark.slow
+def test_deferred_records_of_one_out_never_replace_each_other(tmp_path):
+    """Two trains into one --out while MLflow is down (one pending name), and two evaluates at once,
+    one of which reaches the store: sync logs every deferred run, each exactly once."""
+    from harness import driver
+
+    out, down = tmp_path / "out", "sqlite:////proc/no-such-dir/mlflow.db"
+    good = f"sqlite:///{tmp_path / 'good.db'}"
+    flyp, _ = _deferred_run(out, "flyp", down, "keyed-train")
+    cma, _ = _deferred_run(out, "cma", down, "keyed-train")
+    assert sorted(rid for e in tracking.pending(out).values() for rid in e["run_ids"]) == sorted([flyp, cma])
+
+    with mp.get_context("spawn").Pool(2) as pool:  # at once: one defers, one logs and clears its own entry
+        done = pool.starmap(_deferred_run, [(out, "lp", down, "keyed-evaluate"), (out, "fft", good, "keyed-evaluate")])
+    assert [synced for _, synced in done] == [False, True]
+    waiting = sorted(rid for e in tracking.pending(out).values() for rid in e["run_ids"])
+    assert waiting == sorted([flyp, cma, done[0][0]])
+
+    assert driver.sync_mlflow(out, good) == 0 and not tracking.pending(out)
+    assert driver.sync_mlflow(out, good) == 0  # nothing left: a no-op
+    logged = _logged(good, "keyed")
+    children = logged[logged["tags.harness.kind"] == "run"]
+    assert sorted(children[f"tags.{tracking.RUN_ID_TAG}"]) == sorted([flyp, cma, done[0][0], done[1][0]])
 
 
 def start_mlflow_server(port: int, store: Path) -> subprocess.Popen:
@@ -219,7 +258,8 @@ def test_a_sweep_with_mlflow_down_completes_warns_once_and_syncs_later(world, tm
 
     runs = results.read(out / "results", results.RUNS)
     assert sorted(runs["method"]) == ["cma", "zero-shot"] and (runs["status"] == "finished").all()
-    entry = tracking.pending(out)["down-sweep"]
+    [entry] = tracking.pending(out).values()
+    assert entry["name"] == "down-sweep"
     assert sorted(entry["run_ids"]) == sorted(runs["run_id"]) and entry["tracking_uri"] == f"http://127.0.0.1:{port}"
     _assert_no_secret(out, done.stdout + done.stderr)
 
