@@ -291,15 +291,25 @@ def _evaluate(args) -> int:
     out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), args.address, sweep=False)
     from harness import driver, tracking
 
+    from harness.data.badsamples import BadDataError
+
     timer = driver.Timer()
-    records = []
+    records, bad = [], None
     for source in sources:
         with timer.stage(f"evaluate {args.weights} on {', '.join(source.cfg.data.ood_test)}"):
-            records.append(ew.evaluate(source, out, log=timer.log, address=args.address))
+            try:
+                records.append(ew.evaluate(source, out, log=timer.log, address=args.address))
+            except BadDataError as err:  # names the shard and sample; the suites done so far are kept
+                bad = err
+                break
     cfg = _without_credentials(cfg, tracking)
-    md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-evaluate", records, timer)
-    print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/<table>/<run_id>.parquet\nmlflow store:  {uri}"
-          + ("" if synced else f" NOT REACHED: run `harness sync-mlflow --out {out}`"))
+    if records:
+        md, uri, synced = driver.finish(cfg, out, f"{cfg.name}-evaluate", records, timer)
+        print(f"\nreport:        {md}\nparquet:       {driver.results_dir(out)}/<table>/<run_id>.parquet\n"
+              f"mlflow store:  {uri}" + ("" if synced else f" NOT REACHED: run `harness sync-mlflow --out {out}`"))
+    if bad is not None:
+        print(f"harness evaluate: {bad}", file=sys.stderr)
+        return 2
     return 0 if all(r.status == "finished" for r in records) else 1
 
 

@@ -60,12 +60,23 @@ def resolve(weights: str, arch: str | None, overrides: list[str], runs_root: Pat
             checkpoint = Path(json.loads(summary.read_text()).get("checkpoint") or checkpoint)
         if not checkpoint.is_file():
             raise SourceError(f"--weights {run_dir}: no checkpoint/model.pt (not a finished run directory)")
-        return Source(cfg, checkpoint, f"run {run_dir.name}")
+        return Source(cfg, _readable(checkpoint), f"run {run_dir.name}")
     base = [f"model.pretrained={weights}", "method={name: zero-shot}"] + ([f"model.arch={arch}"] if arch else [])
     cfg = config_mod.load(None, base + list(overrides))
     if path.is_file():
-        return Source(cfg, path.resolve(), "checkpoint")
+        return Source(cfg, _readable(path.resolve()), "checkpoint")
     return Source(cfg, None, "tag")
+
+
+def _readable(checkpoint: Path) -> Path:
+    """``checkpoint``, once it is known to load safely (before any compute is spent)."""
+    from harness.models import check_checkpoint
+
+    try:
+        check_checkpoint(checkpoint)
+    except ValueError as err:
+        raise SourceError(f"--weights: {err}") from None
+    return checkpoint
 
 
 def _rebuilt_weights(cfg: Config, run_dir: Path) -> Source | None:

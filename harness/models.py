@@ -121,6 +121,26 @@ def resolve_weights(arch: str, spec: str | None) -> str | None:
     return cached
 
 
+def check_checkpoint(path: Path) -> None:
+    """ValueError naming ``path`` and why, unless it loads as a checkpoint of tensors and plain
+    containers (``weights_only``: a file that would run code, or a truncated or foreign one, is
+    refused). Cheap: memory-mapped, no tensor is read. TorchScript and safetensors files are left
+    to their own loaders."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or _is_torchscript(str(path)):
+        return
+    import zipfile
+
+    try:  # mmap needs the zip format (torch >= 1.6); an older file is read whole
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # noqa: BLE001 - whatever torch says, the file is refused with it
+        # torch's weights_only message opens with advice; the line that says what was found comes after
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason[:300]}); "
+                         "only tensors and plain containers are loaded (torch.load weights_only)") from None
+
+
 def needs_quick_gelu(arch: str, spec: str | None) -> bool:
     """True when ``model.pretrained`` is an open_clip tag trained with QuickGELU (e.g. ViT-B-16 openai):
     building ViT-B-16 from that file without it would silently use nn.GELU."""

@@ -91,8 +91,11 @@ def searched_columns(cfg: Config) -> dict:
 
 def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary: dict | None,
                status: str = "finished", error: str | None = None, run_dir: Path | None = None) -> None:
-    """Write every table's rows for one run (replacing any earlier rows of the same run_id)."""
-    tables = {RUNS: pd.DataFrame([{**searched_columns(cfg), **run_row(run_id, sweep, cfg, summary, status, error)}])}
+    """Write every table's rows for one run (replacing any earlier rows of the same run_id). A run
+    that stopped itself on bad data has no summary; its row takes the facts of its failed.json
+    (bad-sample counts, times), so the table says how bad the data was, as the file does."""
+    facts = summary if summary is not None else _failed_facts(run_dir)
+    tables = {RUNS: pd.DataFrame([{**searched_columns(cfg), **run_row(run_id, sweep, cfg, facts, status, error)}])}
     if summary:
         columns = searched_columns(cfg)
         tables[OOD] = pd.DataFrame([{"run_id": run_id, **columns, **row} for row in summary.get("ood", [])])
@@ -101,6 +104,11 @@ def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary:
         if scores_file and scores_file.is_file():
             tables[SAMPLES] = _sample_scores(run_id, torch.load(scores_file, weights_only=True))
     upsert(results_dir, tables)
+
+
+def _failed_facts(run_dir: Path | None) -> dict | None:
+    failed = run_dir / "failed.json" if run_dir else None  # harness.runner.FAILED (the results layer does not import the trainer)
+    return json.loads(failed.read_text()) if failed and failed.is_file() else None
 
 
 def _sample_scores(run_id: str, saved: dict) -> pd.DataFrame:

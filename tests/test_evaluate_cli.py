@@ -107,3 +107,84 @@ def test_through_ray_the_workers_split_the_shards_and_the_rows_match_in_process(
     here = results.read(tmp_path / "here" / "results", results.OOD)[cols].sort_values(cols[:2]).reset_index(drop=True)
     there = results.read(tmp_path / "ray" / "results", results.OOD)[cols].sort_values(cols[:2]).reset_index(drop=True)
     pd.testing.assert_frame_equal(here, there, rtol=0, atol=1e-6)  # float32 encodes in two processes
+
+
+def test_a_corrupt_cache_entry_or_a_repaired_shard_never_gives_other_numbers(world, tmp_path, capsys):
+    """Faults a user meets: a flipped bit in a cached near-OoD entry, a truncated and an empty one, all
+    rebuilt (named) to the same rows; a truncated shard evaluated with eval.allow_bad_samples, then
+    restored: the cache reads it again instead of answering with the short set."""
+    import shutil
+
+    root = tmp_path / "world"
+    for name in ("id_test", "near_ood", "far_ood", "id_train", "id_val", "ood_val"):
+        shutil.copytree(world / name, root / name)
+    shutil.copy(world / "negatives.tsv", root)
+    torch.manual_seed(0)
+    weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
+    cache = tmp_path / "cache"
+    common = ["--weights", str(weights), "--cache", str(cache), "--set", "data.source=shards",
+              "--set", f"data.root={root}", "--set", "eval.batch_size=64", "--set", "eval.allow_bad_samples=true",
+              "--scores", "mcm,msp"]
+    cols = ["score", "dataset", "auroc", "fpr95", "aupr_in", "aupr_out"]
+
+    def rows(out):
+        ood = results.read(out / "results", results.OOD)
+        return ood[cols].sort_values(cols[:2]).reset_index(drop=True)
+
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "clean"))
+    assert code == 0, out
+    clean = rows(tmp_path / "clean")
+    entries = {p.name.split(".")[0]: p for p in cache.glob("*/*.features.*.pt")}
+    for name, how in (("near_ood", "flip"), ("far_ood", "truncate"), ("id_test", "empty")):
+        data = bytearray(entries[name].read_bytes())
+        if how == "flip":
+            data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 8])
+        entries[name].write_bytes(bytes(data[: len(data) // 2] if how == "truncate" else b"" if how == "empty" else data))
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "repaired"))
+    assert code == 0, out
+    for name in ("near_ood", "far_ood", "id_test"):
+        assert f"{entries[name]} is corrupt" in out, out[-3000:]
+    pd.testing.assert_frame_equal(rows(tmp_path / "repaired"), clean, rtol=0, atol=0)
+
+    shard = next((root / "near_ood").glob("*.tar"))
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 3])
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "short"))
+    assert code == 0, out
+    runs = results.read(tmp_path / "short" / "results", results.RUNS)
+    assert runs["bad_samples_eval"].iloc[0] > 0
+    shard.write_bytes(original)  # repaired
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "again"))
+    assert code == 0, out
+    runs = results.read(tmp_path / "again" / "results", results.RUNS)
+    assert runs["bad_samples_eval"].iloc[0] == 0
+    pd.testing.assert_frame_equal(rows(tmp_path / "again"), clean, rtol=0, atol=0)
+
+
+def test_unsafe_weights_and_a_bad_shard_exit_2_naming_the_file(world, tmp_path, capsys):
+    import pickle
+    import shutil
+
+    class Runs:  # what a malicious checkpoint carries: code torch.load(weights_only=True) must refuse
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": Runs()}, evil, pickle_module=pickle)
+    torch.manual_seed(0)
+    weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(weights.read_bytes()[:5000])
+    for bad, why in ((evil, "unsupported GLOBAL"), (truncated, "not a readable checkpoint")):
+        code = cli.main(["evaluate", "--weights", str(bad), "--arch", "tiny-vit-32", "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and str(bad) in err and why in err and "Traceback" not in err, err
+
+    root = tmp_path / "world"
+    shutil.copytree(world, root, ignore=shutil.ignore_patterns("pretrain"))
+    shard = next((root / "near_ood").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[:20000])
+    code = cli.main(["evaluate", "--weights", str(weights), "--set", "data.source=shards", "--set", f"data.root={root}",
+                     "--scores", "mcm", "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(shard) in err and "unreadable shard" in err, err

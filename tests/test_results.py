@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness import config, gap, results
+from harness.data import badsamples
 
 
 def summary(acc):
@@ -34,6 +35,23 @@ def test_failed_run_gets_a_row_with_its_error(tmp_path):
     results.record_run(tmp_path, "bad", "s", config.load(None), None, status="failed", error="boom")
     row = results.read(tmp_path, results.RUNS).iloc[0]
     assert row["status"] == "failed" and row["error"] == "boom" and pd.isna(row["id_accuracy"])
+
+
+def test_a_run_failed_on_bad_data_has_its_bad_sample_counts_in_its_row(tmp_path):
+    import json
+
+    run_dir = tmp_path / "runs" / "bad"
+    run_dir.mkdir(parents=True)
+    counts = {"bad_samples_train": 7, **{f"bad_samples_train_{r}": 0 for r in badsamples.REASONS}}
+    first = badsamples.REASONS[0]
+    counts[f"bad_samples_train_{first}"] = 7
+    (run_dir / "failed.json").write_text(json.dumps({"status": "failed", "error": "too bad", "wall_s": 3.0, **counts}))
+    results.record_run(tmp_path / "res", "bad", "s", config.load(None), None, status="failed", error="too bad",
+                       run_dir=run_dir)
+    row = results.read(tmp_path / "res", results.RUNS).iloc[0]
+    assert row["status"] == "failed" and row["bad_samples_train"] == 7 and row[f"bad_samples_train_{first}"] == 7
+    assert row["wall_s"] == 3.0 and pd.isna(row["id_accuracy"])
+    assert results.read(tmp_path / "res", results.OOD).empty  # no metrics were made up for it
 
 
 def _writer(args):
