@@ -138,6 +138,8 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     """Encode the ID class prompts (or take a method's ``classifier``: its class features and head)
     and mine the negative labels with this model's text encoder (and CSP's conjugated pool when the
     csp score is selected: ``csp_path``, else conjugated in-process)."""
+    if "csp" in cfg.scores:  # before any encoding
+        negatives.check_csp_source(negatives_path, csp_path)
     if classifier is None:
         class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames],
                                       device=device)

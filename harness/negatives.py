@@ -88,6 +88,19 @@ def is_mined(path: str | Path) -> bool:
         return fh.readline().rstrip("\n") == MINED_MARKER
 
 
+def check_csp_source(negatives_path: str | Path, csp_path: str | Path | None) -> None:
+    """CSP's pool is mined from raw candidates plus their conjugated phrases. Without
+    eval.csp_negatives it is built from eval.negatives, which must then be a raw candidate file:
+    a mined list would be mined a second time (15% of 15%), against the rule above. Raises
+    ValueError naming both fields."""
+    if csp_path is None and is_mined(negatives_path):
+        raise ValueError(
+            f"eval.csp_negatives: unset, and eval.negatives ({negatives_path}) is an already mined list; CSP's "
+            "pool is mined from raw candidates and their conjugated phrases, so mining this list again would keep "
+            "15% of 15%. Write CSP's pool with `harness negatives --mode csp --out FILE` and set "
+            "eval.csp_negatives=FILE, or point eval.negatives to a raw candidate file")
+
+
 def read_provenance(path: str | Path) -> dict:
     """The JSON provenance line of a mined file (``# provenance: {...}``)."""
     import json

@@ -141,6 +141,21 @@ def check_data(cfg: Config) -> None:
         if not negatives.is_file():
             raise PreflightError(f"eval.negatives: {negatives} not found (the neglabel score needs its "
                                  "candidate labels, one 'noun<TAB>word' or 'adj<TAB>word' per line)")
+    if "csp" in cfg.eval.scores:
+        check_csp_source(cfg, root)
+
+
+def check_csp_source(cfg: Config, root: Path) -> None:
+    """CSP without eval.csp_negatives needs eval.negatives to be raw candidates (harness.negatives)."""
+    from harness.negatives import check_csp_source as check
+
+    negatives = Path(cfg.eval.negatives).expanduser()
+    negatives = negatives if negatives.is_absolute() else root / negatives
+    if cfg.eval.csp_negatives is None and negatives.is_file():
+        try:
+            check(negatives, None)
+        except ValueError as err:
+            raise PreflightError(str(err)) from None
 
 
 def check_model(cfg: Config) -> None:

@@ -38,3 +38,46 @@ def test_candidate_file_format(tmp_path):
         negatives.read_candidates(path)
     with pytest.raises(FileNotFoundError, match="negative-label file not found"):
         negatives.read_candidates(tmp_path / "missing.tsv")
+
+
+def _vocabulary(path, mined: bool):
+    lines = ([negatives.MINED_MARKER] if mined else []) + [f"noun\tthing{i}" for i in range(200)]
+    path.write_text("\n".join(lines + [f"adj\tshade{i}" for i in range(40)]) + "\n")
+    return path
+
+
+def test_csp_never_mines_an_already_mined_list(tmp_path):
+    """Issue 25: with eval.csp_negatives unset, CSP's pool was built from a mined eval.negatives plus
+    its conjugates and mined again (15% of 15%). A mined source is refused, naming the field; a raw
+    list, or a CSP pool of its own, still works."""
+    from harness import evaluate, models
+    from harness.config import EvalConfig
+
+    torch.manual_seed(0)
+    bundle = models.build("tiny-vit-32", None)
+    cfg = EvalConfig(scores=("neglabel", "csp"))
+    raw, mined = _vocabulary(tmp_path / "raw.tsv", False), _vocabulary(tmp_path / "mined.tsv", True)
+    with torch.no_grad():
+        from_raw = evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, raw)
+        assert len(from_raw.negative_labels) == 30 + 6 and from_raw.csp_features.shape[0] > 36
+        with pytest.raises(ValueError, match=r"eval.csp_negatives: unset, and eval.negatives .*mined.tsv.* already "
+                                             r"mined.*15% of 15%.*--mode csp"):
+            evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, mined)
+        own_pool = evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, mined, csp_path=mined)
+    assert len(own_pool.negative_labels) == 240 and own_pool.csp_features.shape[0] == 240  # used as it is
+    negatives.check_csp_source(raw, None)
+    negatives.check_csp_source(mined, raw)
+
+
+def test_preflight_refuses_csp_over_a_mined_list_before_any_compute(tmp_path):
+    from pathlib import Path
+
+    from harness import config as config_mod, preflight
+
+    _vocabulary(tmp_path / "mined.tsv", True)
+    demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
+    cfg = config_mod.load(demo, ["eval.negatives=mined.tsv", "eval.scores=[neglabel,csp]"])
+    with pytest.raises(preflight.PreflightError, match="eval.csp_negatives: unset"):
+        preflight.check_csp_source(cfg, tmp_path)
+    preflight.check_csp_source(config_mod.load(demo, ["eval.negatives=mined.tsv", "eval.csp_negatives=mined.tsv"]),
+                               tmp_path)
