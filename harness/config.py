@@ -139,10 +139,14 @@ class EvalConfig(_Section):
     csp_negatives: str | None = None
     """CSP's conjugated pool written by `harness negatives --mode csp` (relative to data.root or absolute);
     None: conjugate eval.negatives' adjectives in-process and mine the extended pool."""
-    adaneg_order: Literal["shuffled", "id-first", "ood-first"] = "shuffled"
-    """AdaNeg's test stream: both sets mixed by one seeded permutation, or one set after the other."""
+    adaneg_order: Literal["shuffled", "ood-first", "id-first"] = "shuffled"
+    """AdaNeg's test stream: cat([OoD, ID]) in one seeded permutation (the authors' evaluator), or one
+    set after the other."""
     adaneg_seed: int = 0
+    """Seed of AdaNeg's stream permutation (its NegLabel groups use seed 0, as the authors' code)."""
     adaneg_batch_size: int = Field(256, ge=1)
+    adaneg_groups: int = Field(5, ge=1)
+    """AdaNeg's NegLabel groups (the authors' scripts: 5; tail-drop remainder rule)."""
     adaneg_memory: int = Field(10, ge=1)
     adaneg_lambda: float = Field(0.1, ge=0)
     adaneg_threshold: float = Field(0.5, ge=0, le=1)
