@@ -135,8 +135,10 @@ def _negatives_parser(sub) -> None:
     neg.add_argument("--batch-size", type=int, default=512, help="prompts per text-encoder batch (default 512)")
     neg.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     neg.add_argument("--mode", choices=("neglabel", "csp"), default="neglabel",
-                     help="neglabel: NegLabel's pool; csp: CSP's conjugated pool (its WordNet files, plus each "
-                          "adjective x superclass word), for --set eval.csp_negatives=OUT")
+                     help="neglabel: NegLabel's pool; csp: CSP's pool (its WordNet files; each adjective replaced "
+                          "by '<adjective> <superclass>', one seeded superclass of 14), for --set eval.csp_negatives=OUT")
+    neg.add_argument("--csp-seed", type=int, default=ev.csp_seed,
+                     help=f"--mode csp: seed of the superclass choice, random.Random(seed) (default {ev.csp_seed})")
 
 
 def _shards_parser(sub) -> None:
@@ -466,19 +468,22 @@ def _negatives(args) -> int:
     candidates = selection.candidates
     if args.limit is not None:
         candidates = [c for kind in ("noun", "adj") for c in [c for c in candidates if c.kind == kind][:args.limit]]
-    if args.mode == "csp":  # CSP's pool: the selection plus every adjective conjugated with the superclass words
-        from harness.negatives import conjugate
+    if args.mode == "csp":  # CSP's pool: the nouns, and one "<adjective> <superclass>" phrase per adjective
+        from harness.negatives import csp_pool
 
-        candidates = candidates + conjugate(candidates)
+        candidates = csp_pool(candidates, args.csp_seed)
     provenance = {"wordnet_dir": str(args.wordnet.resolve()), "wordnet_version": "3.0", "mode": args.mode,
-                  "selection": "nouns: noun.* except noun.animal, noun.food; adjectives: adj.all, adj.pert, "
-                               "adj.ppl; the first lemma of each synset, de-duplicated, ID class names dropped",
-                  "counts": selection.counts, "limit": args.limit, "classnames": args.classnames}
+                  "selection": ("nouns: noun.* except noun.animal, noun.food, noun.group, noun.person, noun.quantity; "
+                                "adjectives: adj.all, adj.ppl" if args.mode == "csp" else
+                                "nouns: noun.* except noun.animal, noun.food; adjectives: adj.all, adj.pert, adj.ppl")
+                               + "; the first lemma of each synset, de-duplicated, ID class names dropped",
+                  "counts": selection.counts, "limit": args.limit, "classnames": args.classnames,
+                  **({"csp_seed": args.csp_seed} if args.mode == "csp" else {})}
     cand_path = args.out.with_name(args.out.name + ".candidates.tsv")
     wordnet.write_candidates(candidates, cand_path, header=[f"NegLabel candidates from WordNet 3.0 at {args.wordnet}"])
     record = mine_to_file(candidates, names, args.out, args.arch, pretrained, args.percentile, args.ratio,
                           args.eval_prompt, args.noun_prompt, args.adjective_prompt, provenance,
-                          args.batch_size, args.device)
+                          args.batch_size, args.device, csp=args.mode == "csp")
     print(f"candidates: {record['candidates']} -> {cand_path}\nmined:      {record['mined']} -> {args.out}\n"
           f"use it: --set eval.{'csp_negatives' if args.mode == 'csp' else 'negatives'}={args.out.resolve()}")
     return 0

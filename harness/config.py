@@ -137,8 +137,10 @@ class EvalConfig(_Section):
     odin_temperature: float = Field(1000.0, gt=0)
     odin_epsilon: float = Field(0.0014, ge=0)
     csp_negatives: str | None = None
-    """CSP's conjugated pool written by `harness negatives --mode csp` (relative to data.root or absolute);
-    None: conjugate eval.negatives' adjectives in-process and mine the extended pool."""
+    """CSP's pool written by `harness negatives --mode csp` (relative to data.root or absolute); None: build
+    it from eval.negatives (raw candidates): nouns, and each adjective as one "<adjective> <superclass>" phrase."""
+    csp_seed: int = 0
+    """Seed of CSP's superclass choice: random.Random(seed).choice once per adjective, in file order."""
     adaneg_order: Literal["shuffled", "ood-first", "id-first"] = "shuffled"
     """AdaNeg's test stream: cat([OoD, ID]) in one seeded permutation (the authors' evaluator), or one
     set after the other."""

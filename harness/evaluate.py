@@ -117,9 +117,9 @@ def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: i
 
 @torch.no_grad()
 def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: int = 512,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+                 device: torch.device | str = "cpu", normalize: bool = True) -> torch.Tensor:
     model.eval()
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=normalize).float().cpu()
            for i in range(0, len(texts), batch_size)]
     return torch.cat(out)
 
@@ -136,8 +136,8 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
                     negatives_path: Path, device: torch.device | str = "cpu", csp_path: Path | None = None,
                     classifier: Classifier | None = None) -> TextSide:
     """Encode the ID class prompts (or take a method's ``classifier``: its class features and head)
-    and mine the negative labels with this model's text encoder (and CSP's conjugated pool when the
-    csp score is selected: ``csp_path``, else conjugated in-process)."""
+    and mine the negative labels with this model's text encoder (and CSP's pool when the csp score is
+    selected: ``csp_path``, else harness.negatives.csp_pool of the candidates)."""
     if "csp" in cfg.scores:  # before any encoding
         negatives.check_csp_source(negatives_path, csp_path)
     if classifier is None:
@@ -149,10 +149,10 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     mined = negatives.is_mined(negatives_path)
     features, labels = _mined_pool(model, tokenizer, classnames, cfg, class_features, candidates, mined, device)
     csp = None
-    if "csp" in cfg.scores:
-        pool = negatives.read_candidates(csp_path) if csp_path else candidates + negatives.conjugate(candidates)
-        csp, _ = _mined_pool(model, tokenizer, classnames, cfg, class_features, pool,
-                             bool(csp_path) and negatives.is_mined(csp_path), device)
+    if "csp" in cfg.scores:  # CSP's pool: eval.csp_negatives as written, else built from eval.negatives here
+        pool = negatives.read_candidates(csp_path) if csp_path else negatives.csp_pool(candidates, cfg.csp_seed)
+        csp, _ = negatives.csp_negatives(model, tokenizer, classnames, pool, bool(csp_path) and negatives.is_mined(csp_path),
+                                         cfg.neg_percentile, cfg.neg_ratio, device)
     return TextSide(class_features, features, labels, classifier.logit_scale, tuple(classnames),
                     classifier.head_weight, classifier.head_bias, csp)
 

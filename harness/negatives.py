@@ -41,15 +41,68 @@ def read_candidates(path: str | Path) -> list[Candidate]:
     return out
 
 
-# CSP (NeurIPS 2024): superclass words an adjective is conjugated with ("wooden structure", ...).
+# CSP (NeurIPS 2024; MengyuanChen21/NeurIPS2024-CSP): the superclass words an adjective is conjugated
+# with ("wooden structure", ...), and the prompt templates its pool is encoded with (each candidate's
+# text feature is the mean of its templates' unnormalised encodings, then L2-normalised).
 CSP_SUPERCLASSES = ("environment", "space", "object", "scene", "place", "item", "area", "view", "thing",
-                    "pattern", "structure", "landscape")
+                    "pattern", "structure", "landscape", "vista", "creature")
+CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
+                      "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}")
+CSP_PHRASE_TEMPLATES = ("{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}")
+CSP_NEAR_DUPLICATE = 0.95
+"""A CSP candidate whose cosine to some ID class exceeds this is ranked last (never a negative)."""
 
 
-def conjugate(candidates: list[Candidate], superclasses: tuple[str, ...] = CSP_SUPERCLASSES) -> list[Candidate]:
-    """CSP's conjugated phrases: every adjective of ``candidates`` with every superclass word, as noun
-    candidates ("<adjective> <superclass>", prompted with the noun prompt), in adjective order."""
-    return [Candidate("noun", f"{c.word} {sup}") for c in candidates if c.kind == "adj" for sup in superclasses]
+def csp_pool(candidates: list[Candidate], seed: int = 0) -> list[Candidate]:
+    """CSP's pool: the nouns as they are; each adjective replaced by one phrase "<adjective> <superclass>"
+    (kind adj), the superclass drawn by ``random.Random(seed).choice`` once per adjective in the list's
+    order (the reference: ``random.seed(seed)`` then one ``random.choice`` per adjective read)."""
+    import random
+
+    rng = random.Random(seed)
+    return [c if c.kind == "noun" else Candidate("adj", f"{c.word} {rng.choice(CSP_SUPERCLASSES)}")
+            for c in candidates]
+
+
+def csp_templates(kind: str) -> tuple[str, ...]:
+    return CSP_NOUN_TEMPLATES if kind == "noun" else CSP_PHRASE_TEMPLATES
+
+
+def encode_ensembles(model, tokenizer, words: list[str], templates: tuple[str, ...], device="cpu",
+                     batch_size: int = 512) -> torch.Tensor:
+    """(len(words), D): each word's mean unnormalised text encoding over ``templates``, L2-normalised
+    (CSP's prompt ensembling)."""
+    from harness.evaluate import encode_texts
+
+    raw = encode_texts(model, tokenizer, [t.format(w) for w in words for t in templates], batch_size, device,
+                       normalize=False)
+    mean = raw.reshape(len(words), len(templates), -1).mean(dim=1)
+    return mean / mean.norm(dim=1, keepdim=True)
+
+
+def csp_negatives(model, tokenizer, classnames, pool: list[Candidate], mined: bool, percentile: float,
+                  ratio: float, device="cpu", batch_size: int = 512) -> tuple[torch.Tensor, list[Candidate]]:
+    """(features, candidates) of CSP's negatives from ``pool`` (:func:`csp_pool`'s nouns and phrases):
+    nouns and phrases encoded with their template ensembles; unless ``mined``, NegMining against the
+    ID class names' noun-template ensembles, nouns and phrases ranked separately, near-duplicates of
+    an ID class (cosine > CSP_NEAR_DUPLICATE) ranked last. ID class names are never negatives."""
+    id_words = {c.lower() for c in classnames}
+    pool = [c for c in pool if c.word.lower() not in id_words]
+    if not pool:
+        raise ValueError("CSP's pool is empty after dropping the ID class names")
+    parts = {kind: [i for i, c in enumerate(pool) if c.kind == kind] for kind in KINDS}
+    encoded = {kind: encode_ensembles(model, tokenizer, [pool[i].word for i in idx], csp_templates(kind), device,
+                                      batch_size) for kind, idx in parts.items() if idx}
+    dim = next(iter(encoded.values())).shape[1]
+    features = torch.empty(len(pool), dim)
+    for kind, idx in parts.items():
+        if idx:
+            features[idx] = encoded[kind]
+    if mined:
+        return features, pool
+    id_text = encode_ensembles(model, tokenizer, list(classnames), CSP_NOUN_TEMPLATES, device, batch_size)
+    keep = mine(id_text, features, [c.kind for c in pool], percentile, ratio, near_duplicate=CSP_NEAR_DUPLICATE)
+    return features[keep], [pool[i] for i in keep]
 
 
 def prompts(candidates: list[Candidate], noun_prompt: str, adjective_prompt: str) -> list[str]:
@@ -57,16 +110,19 @@ def prompts(candidates: list[Candidate], noun_prompt: str, adjective_prompt: str
 
 
 def mine(id_text: torch.Tensor, candidate_text: torch.Tensor, kinds: list[str],
-         percentile: float = 95.0, ratio: float = 0.15) -> list[int]:
+         percentile: float = 95.0, ratio: float = 0.15, near_duplicate: float | None = None) -> list[int]:
     """NegMining: indices of the candidates least similar to the ID prompts.
 
     For each candidate, the ``percentile``-th percentile of its cosine similarity to
     the ID prompts measures how ID-like it is; within each kind, the ``ratio`` share
     of least ID-like candidates is kept (at least one per kind present).
     Inputs are L2-normalised: id_text (C, D), candidate_text (M, D). Sorted output.
+    ``near_duplicate`` (CSP): a candidate whose largest similarity exceeds it gets closeness 1.0.
     """
     similarity = candidate_text.float() @ id_text.float().T  # (M, C)
     closeness = torch.quantile(similarity, percentile / 100.0, dim=1)
+    if near_duplicate is not None:
+        closeness[similarity.amax(dim=1) > near_duplicate] = 1.0
     keep: list[int] = []
     for kind in KINDS:
         members = torch.tensor([i for i, k in enumerate(kinds) if k == kind], dtype=torch.long)
@@ -117,9 +173,10 @@ def read_provenance(path: str | Path) -> dict:
 def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | Path, arch: str,
                  pretrained: str | None, percentile: float, ratio: float, eval_prompt: str,
                  noun_prompt: str, adjective_prompt: str, provenance: dict, batch_size: int = 512,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", csp: bool = False) -> dict:
     """Encode ID prompts and candidate prompts with ``arch``/``pretrained``, keep NegMining's choice,
-    write ``out`` (marker, provenance, ``kind<TAB>word`` lines). Returns the provenance written."""
+    write ``out`` (marker, provenance, ``kind<TAB>word`` lines). Returns the provenance written.
+    ``csp``: ``candidates`` is CSP's pool (:func:`csp_pool`), mined as :func:`csp_negatives` does."""
     import json
     from datetime import datetime, timezone
 
@@ -130,17 +187,22 @@ def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | 
     bundle = models.build(arch, weights, quick_gelu=models.needs_quick_gelu(arch, pretrained))
     model = bundle.model.to(device)
     with torch.no_grad():
-        id_text = encode_texts(model, bundle.tokenizer, [eval_prompt.format(c) for c in classnames],
-                               batch_size, device)
-        cand_text = encode_texts(model, bundle.tokenizer, prompts(candidates, noun_prompt, adjective_prompt),
-                                 batch_size, device)
-    keep = mine(id_text, cand_text, [c.kind for c in candidates], percentile, ratio)
-    mined = [candidates[i] for i in keep]
+        if csp:
+            _, mined = csp_negatives(model, bundle.tokenizer, classnames, candidates, False, percentile, ratio,
+                                     device, batch_size)
+        else:
+            id_text = encode_texts(model, bundle.tokenizer, [eval_prompt.format(c) for c in classnames],
+                                   batch_size, device)
+            cand_text = encode_texts(model, bundle.tokenizer, prompts(candidates, noun_prompt, adjective_prompt),
+                                     batch_size, device)
+            mined = [candidates[i] for i in mine(id_text, cand_text, [c.kind for c in candidates], percentile, ratio)]
     record = dict(provenance)
     record.update({
         "model_arch": arch, "model_pretrained": pretrained, "weights_file": weights,
-        "percentile": percentile, "ratio": ratio, "eval_prompt": eval_prompt, "noun_prompt": noun_prompt,
-        "adjective_prompt": adjective_prompt, "id_classes": len(classnames),
+        "percentile": percentile, "ratio": ratio, "id_classes": len(classnames),
+        **({"noun_templates": list(CSP_NOUN_TEMPLATES), "phrase_templates": list(CSP_PHRASE_TEMPLATES),
+            "near_duplicate": CSP_NEAR_DUPLICATE} if csp else
+           {"eval_prompt": eval_prompt, "noun_prompt": noun_prompt, "adjective_prompt": adjective_prompt}),
         "candidates": {k: sum(c.kind == k for c in candidates) for k in KINDS},
         "mined": {k: sum(c.kind == k for c in mined) for k in KINDS},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

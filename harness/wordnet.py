@@ -74,7 +74,7 @@ def select(wordnet_dir: str | Path = DEFAULT_DIR, exclude: Iterable[str] = (), m
     """NegLabel's candidates: nouns first, then adjectives, each de-duplicated case-insensitively
     within its kind (the first spelling wins), minus any word equal to an ``exclude`` name
     (the ID class names: an ID label is never a negative). ``mode="csp"``: CSP's lexicographer
-    files instead (the conjugated phrases are added by harness.negatives.conjugate)."""
+    files instead (the phrases replace the adjectives in harness.negatives.csp_pool)."""
     if mode not in ("neglabel", "csp"):
         raise WordNetError(f"mode must be neglabel or csp, got {mode!r}")
     noun_out = CSP_NOUN_EXCLUDED if mode == "csp" else NOUN_EXCLUDED

@@ -46,27 +46,38 @@ def _vocabulary(path, mined: bool):
     return path
 
 
-def test_csp_never_mines_an_already_mined_list(tmp_path):
-    """Issue 25: with eval.csp_negatives unset, CSP's pool was built from a mined eval.negatives plus
-    its conjugates and mined again (15% of 15%). A mined source is refused, naming the field; a raw
-    list, or a CSP pool of its own, still works."""
+def _text_side(path, csp_path=None):
     from harness import evaluate, models
     from harness.config import EvalConfig
 
     torch.manual_seed(0)
     bundle = models.build("tiny-vit-32", None)
-    cfg = EvalConfig(scores=("neglabel", "csp"))
-    raw, mined = _vocabulary(tmp_path / "raw.tsv", False), _vocabulary(tmp_path / "mined.tsv", True)
     with torch.no_grad():
-        from_raw = evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, raw)
-        assert len(from_raw.negative_labels) == 30 + 6 and from_raw.csp_features.shape[0] > 36
-        with pytest.raises(ValueError, match=r"eval.csp_negatives: unset, and eval.negatives .*mined.tsv.* already "
-                                             r"mined.*15% of 15%.*--mode csp"):
-            evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, mined)
-        own_pool = evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"], cfg, mined, csp_path=mined)
-    assert len(own_pool.negative_labels) == 240 and own_pool.csp_features.shape[0] == 240  # used as it is
-    negatives.check_csp_source(raw, None)
-    negatives.check_csp_source(mined, raw)
+        return evaluate.build_text_side(bundle.model, bundle.tokenizer, ["dog", "cat"],
+                                        EvalConfig(scores=("neglabel", "csp")), path, csp_path=csp_path)
+
+
+def test_csp_never_mines_an_already_mined_list(tmp_path):
+    """Issue 25: with eval.csp_negatives unset, CSP's pool was built from a mined eval.negatives plus
+    its conjugates and mined again (15% of 15%). A mined source is refused before any encoding, naming
+    the field."""
+    mined = _vocabulary(tmp_path / "mined.tsv", True)
+    with pytest.raises(ValueError, match=r"eval.csp_negatives: unset, and eval.negatives .*mined.tsv.* already "
+                                         r"mined.*15% of 15%.*--mode csp"):
+        _text_side(mined)
+    negatives.check_csp_source(_vocabulary(tmp_path / "raw.tsv", False), None)
+    negatives.check_csp_source(mined, tmp_path / "raw.tsv")
+
+
+@pytest.mark.slow
+def test_csp_pool_from_a_raw_list_or_its_own_file(tmp_path):
+    """The same 200 nouns + 40 adjectives: raw, NegLabel keeps 15% of each kind and so does CSP (200 nouns,
+    40 phrases); a mined pool of CSP's own is used as it is."""
+    raw, mined = _vocabulary(tmp_path / "raw.tsv", False), _vocabulary(tmp_path / "mined.tsv", True)
+    from_raw = _text_side(raw)
+    assert len(from_raw.negative_labels) == 30 + 6 and from_raw.csp_features.shape[0] == 30 + 6
+    own_pool = _text_side(mined, csp_path=mined)
+    assert len(own_pool.negative_labels) == 240 and own_pool.csp_features.shape[0] == 240
 
 
 def test_preflight_refuses_csp_over_a_mined_list_before_any_compute(tmp_path):

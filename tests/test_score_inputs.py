@@ -45,10 +45,14 @@ def test_stream_scores_go_per_pair_and_into_the_table():
     torch.testing.assert_close(paired["ood"]["adaneg"][0], expected[0])
 
 
-def test_conjugate_pairs_every_adjective_with_every_superclass():
-    pool = negatives.conjugate([Candidate("adj", "wooden"), Candidate("noun", "rock"), Candidate("adj", "red")])
-    assert len(pool) == 2 * len(negatives.CSP_SUPERCLASSES)
-    assert pool[0] == Candidate("noun", "wooden environment") and pool[-1] == Candidate("noun", "red landscape")
+def test_csp_pool_replaces_each_adjective_by_one_seeded_phrase():
+    import random
+
+    pool = negatives.csp_pool([Candidate("adj", "wooden"), Candidate("noun", "rock"), Candidate("adj", "red")], seed=3)
+    rng = random.Random(3)
+    supers = [rng.choice(negatives.CSP_SUPERCLASSES) for _ in range(2)]
+    assert pool == [Candidate("adj", f"wooden {supers[0]}"), Candidate("noun", "rock"), Candidate("adj", f"red {supers[1]}")]
+    assert len(negatives.CSP_SUPERCLASSES) == 14 and {"vista", "creature"} <= set(negatives.CSP_SUPERCLASSES)
 
 
 @pytest.mark.skipif(not (wordnet.DEFAULT_DIR / "data.noun").is_file(), reason="no WordNet at /usr/share/wordnet")

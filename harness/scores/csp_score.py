@@ -1,10 +1,10 @@
 """CSP (Chen et al. NeurIPS 2024): NegLabel over the conjugated semantic pool.
 
-The pool extends NegLabel's mined negatives with "conjugated" phrases, each mined adjective
-combined with a superclass word (environment, space, object, ...); see
-harness.negatives.conjugate and `harness negatives --mode csp`. The score is NegLabel's formula,
-group count and remainder rule over that pool.
-"""
+The pool (harness.negatives.csp_pool / csp_negatives, `harness negatives --mode csp`) is built as the
+authors' code builds it: the nouns, and each adjective replaced by one phrase "<adjective>
+<superclass>" (a seeded choice of 14 superclass words); template-averaged prompts; near-duplicates
+of an ID class excluded; nouns and phrases mined separately. The score is NegLabel's formula,
+group count and remainder rule over that pool, against the run's own class features"""
 
 from __future__ import annotations
 

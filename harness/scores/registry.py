@@ -17,7 +17,7 @@ INPUTS = {
     "features": "L2-normalised pooled image features (N, D) of the set being scored",
     "class_text": "L2-normalised ID class-prompt features (C, D) and the logit scale",
     "negatives": "L2-normalised mined negative-label prompt features (M, D)",
-    "csp_negatives": "L2-normalised prompt features of CSP's conjugated negative pool (M', D)",
+    "csp_negatives": "L2-normalised template-averaged features of CSP's mined pool (nouns and phrases) (M', D)",
     "patches": "per-image patch-level result: max over patches and classes of the local softmax (N,)",
     "logits": "the run's classifier logits (N, C): the method's head, else logit_scale x cosine",
     "train_features": "L2-normalised pooled features of ID-train images (the KNN bank)",
