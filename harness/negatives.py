@@ -49,6 +49,8 @@ CSP_SUPERCLASSES = ("environment", "space", "object", "scene", "place", "item", 
 CSP_NOUN_TEMPLATES = ("a close-up photo of the nice {}.", "a photo with the nice {}.", "a good photo with the nice {}.",
                       "a photo of the nice {}.", "{}", "the {}", "the good {}", "the nice {}")
 CSP_PHRASE_TEMPLATES = ("{}", "a nice photo of {}", "a good photo of {}", "a close-up photo of {}")
+CSP_POOL_RULE = "csp-authors-3a7bdab"
+"""Names how CSP's pool is built, in the text-side cache key: a pool cached under another rule is not reused."""
 CSP_NEAR_DUPLICATE = 0.95
 """A CSP candidate whose cosine to some ID class exceeds this is ranked last (never a negative)."""
 

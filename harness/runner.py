@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, embed_cache, engine, evaluate, gap, methods, models, score_inputs
+from harness import checkpoint, embed_cache, engine, evaluate, gap, methods, models, negatives, score_inputs
 from harness.config import Config, SearchConfig, run_label
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, loader, train_pipeline
@@ -452,7 +452,9 @@ def text_side(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
     path = cache.text_path(classnames=list(classnames), prompts=[e.eval_prompt, e.noun_prompt, e.adjective_prompt],
                            negatives=embed_cache.file_checksum(paths.negatives(cfg)),
                            csp=embed_cache.file_checksum(paths.csp_negatives(cfg)) if "csp" in e.scores else None,
-                           with_csp="csp" in e.scores, percentile=e.neg_percentile, ratio=e.neg_ratio)
+                           with_csp=negatives.CSP_POOL_RULE if "csp" in e.scores else False,
+                           csp_seed=e.csp_seed if "csp" in e.scores else None,
+                           percentile=e.neg_percentile, ratio=e.neg_ratio)
     return evaluate.TextSide.from_dict(cache.get_or_build(path, lambda: build().as_dict()))
 
 

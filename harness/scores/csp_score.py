@@ -4,7 +4,7 @@ The pool (harness.negatives.csp_pool / csp_negatives, `harness negatives --mode 
 authors' code builds it: the nouns, and each adjective replaced by one phrase "<adjective>
 <superclass>" (a seeded choice of 14 superclass words); template-averaged prompts; near-duplicates
 of an ID class excluded; nouns and phrases mined separately. The score is NegLabel's formula,
-group count and remainder rule over that pool, against the run's own class features"""
+group count and remainder rule over that pool, against the run's own class features."""
 
 from __future__ import annotations
 
