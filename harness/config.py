@@ -129,13 +129,14 @@ class EvalConfig(_Section):
     neg_temperature: float = Field(0.01, gt=0)
     mcm_temperature: float = Field(1.0, gt=0)
     gl_mcm_lambda: float = Field(1.0, ge=0)
-    """GL-MCM's weight of the local (patch) term."""
+    """GL-MCM's weight of the local (patch) term (GL-MCM's ImageNet script: 0.5, as sweeps/imagenet-*.yaml set)."""
     knn_k: int = Field(50, ge=1)
-    """KNN's k (the paper: 1000 with 1% of ImageNet-train); at most the bank's size."""
+    """KNN's k (the reference's ImageNet scripts: 1000 over the full ImageNet-train bank); at most the bank's size."""
     knn_bank_fraction: float = Field(1.0, gt=0, le=1)
     """Share of data.train encoded as KNN's bank (seeded subsample of shards' samples in order)."""
     odin_temperature: float = Field(1000.0, gt=0)
     odin_epsilon: float = Field(0.0014, ge=0)
+    """ODIN's step in the normalised input space, not divided by the per-channel std (OpenOOD divides it)."""
     csp_negatives: str | None = None
     """CSP's pool written by `harness negatives --mode csp` (relative to data.root or absolute); None: build
     it from eval.negatives (raw candidates): nouns, and each adjective as one "<adjective> <superclass>" phrase."""

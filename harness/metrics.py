@@ -8,6 +8,9 @@ Metrics returned by :func:`ood_metrics` (all fractions in [0, 1]):
 
 - ``fpr95``: ID-positive convention (MCM, NegLabel, CMA papers). Among thresholds
   that accept at least 95% of ID samples, the smallest share of OoD samples accepted.
+  (GL-MCM's and LoCoOp's ``fpr_and_fdr_at_recall`` instead reads the threshold whose ID
+  recall is nearest 95%, possibly below it: equal on large sets, a few samples apart on
+  small ones; the report's conventions list states it.)
 - ``fpr95_ood_positive``: OoD-positive convention (OpenOOD v1.5, pytorch-ood). OoD is
   the positive class with score -s: among thresholds that flag (s <= u) at least 95%
   of OoD samples, the smallest share of ID samples flagged.

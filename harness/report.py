@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import evaluate, gap, methods, paper, plots, report_answer, uncertainty
+from harness import evaluate, gap, methods, paper, plots, report_answer, report_conventions, uncertainty
 from harness import report_md as md
 from harness import report_stats as stats
 from harness.report_stats import Filters, Tables
@@ -276,7 +276,7 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
         sections += [notes, ""]
     for suite in suites:
         sections += ([f"# Suite {suite}", ""] if len(suites) > 1 else []) + bodies[suite]
-    sections += _common_sections(tables, out_md)
+    sections += report_conventions.lines(tables.runs, scores) + _common_sections(tables, out_md)
     out_md.write_text("\n".join(sections))
     if run_sections is not None:
         _write_run_sections(tables, ci, run_sections)

@@ -2,7 +2,9 @@
 
 The input moves by -eps x sign of the gradient of -log max_k softmax_k(logits / T), i.e. towards
 a more confident prediction; the score is the max softmax at T of the perturbed input. The
-perturbation is applied in the model's input space (after the preprocessing's normalisation).
+perturbation is applied in the model's input space (after the preprocessing's normalisation), and
+eps is not divided by the normalisation's per-channel std (OpenOOD's ODIN divides it: a step of
+eps / std_c per channel; the report's conventions list says so).
 ODIN's paper uses T = 1000, eps = 0.0014; CLIP papers often use eps = 0 (then ODIN is MSP at T).
 On a zero-shot model the classifier is logit_scale x cosine to the class prompts (or the method's
 head). Needs the model itself: the evaluator runs it over each set once per weights (cached).
