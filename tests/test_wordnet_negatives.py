@@ -98,3 +98,29 @@ def test_negatives_cli_says_where_the_weights_go_before_any_work(tmp_path, monke
     assert "--pretrained /path/to/file" in err and not out.exists()
     assert cli.main(["negatives", str(out), "--ratio", "0", "--pretrained", "none"]) == 2
     assert "--ratio must be in (0, 1]" in capsys.readouterr().err
+
+
+@requires_wordnet
+@pytest.mark.slow
+def test_negatives_cli_csp_mode_writes_csp_pool_and_evaluation_uses_it_as_is(tmp_path, capsys):
+    (tmp_path / "classes.txt").write_text("volcano\ncomputer\n")
+    out = tmp_path / "csp.txt"
+    code = cli.main(["negatives", str(out), "--arch", "tiny-vit-32", "--pretrained", "none", "--mode", "csp",
+                     "--classnames", str(tmp_path / "classes.txt"), "--limit", "40", "--csp-seed", "3"])
+    assert code == 0, capsys.readouterr().err
+    pool = negatives.read_candidates(out.with_name("csp.txt.candidates.tsv"))
+    assert pool == negatives.csp_pool([c for c in wordnet.select(mode="csp", exclude=["volcano", "computer"]).candidates
+                                       if c.kind == "noun"][:40]
+                                      + [c for c in wordnet.select(mode="csp").candidates if c.kind == "adj"][:40], 3)
+    mined = negatives.read_candidates(out)
+    assert [c.kind for c in mined] == ["noun"] * 6 + ["adj"] * 6  # 15% of each kind
+    assert all(c.word.split()[-1] in negatives.CSP_SUPERCLASSES for c in mined if c.kind == "adj")
+    prov = negatives.read_provenance(out)
+    assert prov["csp_seed"] == 3 and prov["near_duplicate"] == 0.95 and len(prov["noun_templates"]) == 8
+    torch.manual_seed(0)
+    bundle = models.build("tiny-vit-32", None)
+    with torch.no_grad():
+        text = evaluate.build_text_side(bundle.model, bundle.tokenizer, ["volcano", "computer"],
+                                        EvalConfig(scores=("neglabel", "csp")), out.with_name("csp.txt.candidates.tsv"),
+                                        csp_path=out)
+    assert text.csp_features.shape[0] == 12
