@@ -151,8 +151,9 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     csp = None
     if "csp" in cfg.scores:  # CSP's pool: eval.csp_negatives as written, else built from eval.negatives here
         pool = negatives.read_candidates(csp_path) if csp_path else negatives.csp_pool(candidates, cfg.csp_seed)
-        csp, _ = negatives.csp_negatives(model, tokenizer, classnames, pool, bool(csp_path) and negatives.is_mined(csp_path),
-                                         cfg.neg_percentile, cfg.neg_ratio, device)
+        mined = bool(csp_path) and negatives.is_mined(csp_path)
+        csp, _ = negatives.csp_negatives(model, tokenizer, classnames, pool, mined, cfg.neg_percentile, cfg.neg_ratio,
+                                         device)
     return TextSide(class_features, features, labels, classifier.logit_scale, tuple(classnames),
                     classifier.head_weight, classifier.head_bias, csp)
 

@@ -11,7 +11,8 @@ sample-level attention variant is left out), written from its facts:
    batches of ``batch_size`` (256).
 2. v: the vanilla grouped NegLabel score of each image (``groups`` groups, 5; the negatives that do
    not fill a group are dropped from the end of the list, then the rest is permuted with seed 0, as
-   the authors' code does whatever the stream: harness.scores.neglabel's "tail" rule), at NegLabel's temperature (their CLIP logit scale 100).
+   the authors' code does whatever the stream: harness.scores.neglabel's "tail" rule), at NegLabel's
+   temperature (theirs: CLIP's logit scale, 100).
 3. Memory: one slot per ID class and per negative label (C + M). A slot holds ``memory + 1``
    entries: entry 0 is its text feature, the others start as zeros and are filled from entry 1 on;
    the last entry is never written (so a slot holds at most ``memory - 1`` images). For each batch,
@@ -133,7 +134,8 @@ def _reference(inputs, cfg, seed):
     slots = [[(0.0, row)] + [(0.0, [0.0] * len(row))] * cfg.adaneg_memory for row in text]
     count = [1] * len(text)
     order = stream_order(len(inputs.id_features), len(inputs.features), cfg.adaneg_order, s).tolist()
-    hi, lo = cfg.adaneg_threshold + cfg.adaneg_gap * (1 - cfg.adaneg_threshold), cfg.adaneg_threshold * (1 - cfg.adaneg_gap)
+    thres, gap = cfg.adaneg_threshold, cfg.adaneg_gap
+    hi, lo = thres + gap * (1 - thres), thres * (1 - gap)
     out = [0.0] * len(feats)
     for start in range(0, len(order), cfg.adaneg_batch_size):
         batch = order[start:start + cfg.adaneg_batch_size]
