@@ -15,13 +15,14 @@ sample-level attention variant is left out), written from its facts:
    temperature (theirs: CLIP's logit scale, 100).
 3. Memory: one slot per ID class and per negative label (C + M). A slot holds ``memory + 1``
    entries: entry 0 is its text feature, the others start as zeros and are filled from entry 1 on;
-   the last entry is never written (so a slot holds at most ``memory - 1`` images). For each batch,
+   filling never reaches the last entry (a slot fills up at ``memory - 1`` images). For each batch,
    first every image with v > threshold + gap (1 - threshold) (0.75) goes to the slot of its top ID
    class, then every image with v < threshold (1 - gap) (0.25) to the slot of its top negative, in
    stream order. An image's entropy is that of its softmax over the ID (resp. negative) logits. In a
-   full slot it replaces the entry of the highest entropy (the text feature and the empty last
-   entry count with entropy 0; the highest index among ties) when any entry's entropy is higher
-   than its own; else it is not kept.
+   full slot it replaces the entry of the highest entropy (the highest index among ties) when any
+   entry's entropy is higher than its own; else it is not kept. The text feature and the empty last
+   entry rank with entropy 0, so they are replaced only when every image entry ranks below 0 (the
+   1e-8 inside the log makes a near one-hot softmax's entropy slightly negative).
 4. Proxies: the L2-normalised mean of every slot's entries (zeros included: they do not change the
    direction). p: grouped NegLabel of the batch's images against the C ID-class proxies and the M
    negative proxies (same groups). score = p + lam x v, after the batch was cached.
