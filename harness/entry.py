@@ -23,6 +23,17 @@ import sys
 from pathlib import Path
 
 JOINS_CLUSTER = ("train", "sweep", "demo")
+
+
+def unshadowed(path: list[str], script_dir: str) -> list[str]:
+    """``sys.path`` without the directory this file was run from when that directory holds a
+    ``harness`` folder that is not the package: `ray submit` copies this file to the head's home,
+    next to the ~/harness checkout (cluster.yaml's file_mounts), and Python would import that
+    checkout as an empty namespace package ahead of the installed harness."""
+    folder = Path(script_dir) / "harness"
+    if folder.is_dir() and not (folder / "__init__.py").is_file():
+        return [entry for entry in path if Path(entry or ".").resolve() != Path(script_dir).resolve()]
+    return path
 RESULTS_ROOT = "HARNESS_RESULTS_ROOT"  # harness.cli's default --out root (not imported: this runs as a file)
 
 
@@ -137,4 +148,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path[:] = unshadowed(sys.path, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

@@ -83,9 +83,11 @@ class SshHead:
             # refuses even for a key ("account is locked").
             _run("useradd", "--create-home", "--home-dir", str(self.home), "--shell", "/bin/bash",
                  "--password", "*", self.user)
-        if not (self.home / ".bashrc").exists():
-            shutil.copy("/etc/skel/.bashrc", self.home / ".bashrc")
-        shutil.chown(self.home, self.user, self.user)
+        for skel in Path("/etc/skel").iterdir():  # a reused account's new home starts as useradd's would
+            if skel.is_file() and not (self.home / skel.name).exists():
+                shutil.copy(skel, self.home / skel.name)
+        for path in (self.home, *self.home.iterdir()):
+            shutil.chown(path, self.user, self.user)
         self.home.chmod(0o755)  # root (the test) reads the head's results and MLflow store
 
     def _config(self) -> Path:

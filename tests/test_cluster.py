@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -125,3 +126,23 @@ def test_the_launcher_tests_cluster_file_is_cluster_yaml_with_named_overrides(cl
     drifted["setup_commands"] = [c for c in drifted["setup_commands"] if "mount -t nfs4" not in c]
     with pytest.raises(ValueError, match="no longer has the command"):
         local_cluster(drifted, head, Path("/venv"))
+
+
+def test_entry_copied_next_to_the_checkout_imports_the_installed_harness(tmp_path):
+    """`ray submit` puts entry.py in the head's home beside ~/harness (the synced checkout, whose
+    top level has no __init__.py): run from there it must not import the checkout as a namespace package."""
+    import shutil
+    import subprocess
+    import sys
+
+    from harness import entry
+
+    (tmp_path / "harness" / "harness").mkdir(parents=True)
+    shutil.copy(REPO / "harness" / "entry.py", tmp_path / "entry.py")
+    assert entry.unshadowed([str(tmp_path), "/lib"], str(tmp_path)) == ["/lib"]
+    assert entry.unshadowed([str(REPO / "harness"), "/lib"], str(REPO / "harness")) == [str(REPO / "harness"), "/lib"]
+    # As on the head: harness found by the install's finder, not by a PYTHONPATH entry (which would win).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(tmp_path / "entry.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and "sweep" in done.stdout, done.stderr[-2000:]

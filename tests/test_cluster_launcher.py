@@ -95,13 +95,20 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, foreign_ray):
         if readable.returncode != 0:
             pytest.skip(f"the head's user cannot read the test's venv {BASE_VENV} (a 0700 directory above it)")
         head = Head(user=ssh.user, key=ssh.key, ssh_port=ssh.port, home=ssh.home, ports=head_ports(free_port))
-        cluster = _write(local_cluster(load_cluster(), head, BASE_VENV, name=f"h22-{ssh.port}"), tmp / "cluster.yaml")
+        config = local_cluster(load_cluster(), head, BASE_VENV, name=f"h22-{ssh.port}")
+        first = _write(config, tmp / "cluster.yaml")
+        # An unchanged file would skip the setup ("Configuration already up to date"); one more
+        # command changes its hash, as a code change does, so every setup command runs again.
+        config["setup_commands"].append("echo second ray up: every setup command ran again")
+        cluster = _write(config, tmp / "cluster-again.yaml")
         env = launcher_env(tmp)
         efs = ssh.home / "efs"
-        for attempt in ("ray up", "ray up again"):
-            rc, log, timings[attempt] = launch(env, "up", "-y", "--disable-usage-stats", str(cluster),
+        for attempt, path in (("ray up", first), ("ray up again", cluster)):
+            rc, log, timings[attempt] = launch(env, "up", "-y", "--disable-usage-stats", str(path),
                                                log=tmp_path / f"{attempt.replace(' ', '-')}.log")
-            assert rc == 0, f"{attempt}:\n{log[-6000:]}"
+            home = subprocess.run(["ls", "-la", str(ssh.home)], capture_output=True, text=True).stdout
+            assert rc == 0, f"{attempt}:\n{log[-6000:]}\nthe head's home:\n{home}"
+        assert "every setup command ran again" in log and "pip install" in log, log[-3000:]
         assert (ssh.home / "harness" / "harness" / "entry.py").is_file()  # file_mounts synced the tree
         assert not (ssh.home / "harness" / ".git").exists()  # rsync_exclude
         mlflow_port = head.ports["mlflow"]
