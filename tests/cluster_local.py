@@ -20,7 +20,7 @@ The overrides, and why each differs from cluster.yaml:
   pip instead of uv and --no-deps (the dependencies come from the test venv);
 - ~/.bashrc also gets RAY_TMPDIR=~/rt (Ray's temp root: /tmp/ray may belong to another user here);
 - Ray and MLflow ports: free ones (6379, 8265, 10001, 5000 and the node ports may be taken by
-  another cluster on this machine); the MLflow log lives in the store, not /tmp/mlflow.log.
+  another cluster on this machine); MLflow's log and pid file live in the store, not in /tmp.
 """
 
 from __future__ import annotations
@@ -111,10 +111,11 @@ def _ray_start(command: str, ports: dict) -> str:
 
 
 def _mlflow(command: str, ports: dict, efs: str) -> str:
-    for old in ("5000", "/tmp/mlflow.log"):
+    for old in ("5000", "/tmp/mlflow.log", "/tmp/mlflow.pid"):
         if old not in command:
             raise ValueError(f"cluster.yaml's MLflow command no longer has {old}: {command}")
-    return command.replace("5000", str(ports["mlflow"])).replace("/tmp/mlflow.log", f"{efs}/mlflow/mlflow.log")
+    return (command.replace("5000", str(ports["mlflow"])).replace("/tmp/mlflow.log", f"{efs}/mlflow/mlflow.log")
+            .replace("/tmp/mlflow.pid", f"{efs}/mlflow/mlflow.pid"))
 
 
 def local_cluster(cluster: dict, head: Head, base_venv: Path, name: str = "harness-launcher-test") -> dict:
