@@ -74,7 +74,8 @@ def setup_overrides(base_venv: Path) -> dict[str, list[str]]:
         f"sudo mkdir -p {EFS}/shards": [f"mkdir -p {EFS}/shards {EFS}/runs {EFS}/mlflow {EFS}/hf"],
         "uv/install.sh": [],
         "uv venv --python 3.11": _venv_commands(base_venv),
-        "uv pip install": ["~/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e ~/harness"],
+        "uv pip install": ["~/venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation "
+                           "-e ~/harness"],
         "grep -q HARNESS_RESULTS_ROOT": ["grep -q RAY_TMPDIR ~/.bashrc || echo 'export RAY_TMPDIR=~/rt' >> ~/.bashrc",
                                          "mkdir -p ~/rt"],
     }

@@ -104,8 +104,8 @@ class SshHead:
             f"AuthorizedKeysFile {keys}",
             f"AllowUsers {self.user}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin no",
-            "UsePAM no",
-            "StrictModes no",  # the key and the home sit below /tmp, which is world-writable (sticky)  # the account has no password; PAM's account checks would refuse it
+            "UsePAM no",  # the account has no password; PAM's account checks would refuse it
+            "StrictModes no",  # the key and the home sit below /tmp, which is world-writable (sticky)
             "AllowTcpForwarding yes",  # `ray attach -p`, `ray dashboard`
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
@@ -152,7 +152,10 @@ class SshHead:
         try:
             for pid in self.user_pids():
                 _signal(pid, signal.SIGKILL)
-            subprocess.run(["userdel", self.user], capture_output=True, timeout=60)
+            deadline = time.time() + 15  # userdel refuses while a process of the account is still dying
+            while self.user_pids() and time.time() < deadline:
+                time.sleep(0.2)
+            subprocess.run(["userdel", "--force", self.user], capture_output=True, timeout=60)
         except KeyError:
             pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -11,6 +11,7 @@ Ray and MLflow); a foreign Ray cluster on the machine (conftest's foreign_ray) m
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -120,18 +121,24 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, foreign_ray):
         rc, log, timings["ray submit train"] = launch(
             env, "submit", str(cluster), "harness/entry.py", "--", "train", "sweeps/demo.yaml",
             "--set", "data.synthetic_size=small", "--set", "schedule.epochs=1",
-            "--set", f"tracking.mlflow_uri=http://127.0.0.1:{mlflow_port}", "--out", str(out), timeout=420)
+            "--set", f"tracking.mlflow_uri=http://127.0.0.1:{mlflow_port}", "--out", str(out), timeout=420,
+            log=tmp_path / "submit-train.log")
         assert rc == 0, log[-8000:]
+        # entry.py runs in the head's home: the laptop-style relative config came from ~/harness.
+        assert f"taken from the installed checkout: {ssh.home}/harness/sweeps/demo.yaml" in log, log[-3000:]
         _check_results(out, mlflow_port)
 
         rc, log, timings["ray submit report"] = launch(env, "submit", str(cluster), "harness/entry.py", "--",
-                                                       "report", str(out))
+                                                       "report", str(out), log=tmp_path / "submit-report.log")
         assert rc == 0, log[-6000:]
         assert (out / "report.md").is_file(), log[-3000:]
 
-        rc, log, timings["ray down"] = launch(env, "down", "-y", str(cluster))
+        rc, log, timings["ray down"] = launch(env, "down", "-y", str(cluster), log=tmp_path / "down.log")
         assert rc == 0, log[-6000:]
         assert _wait(lambda: not _ray_of(ssh), 60), f"Ray of the head still runs after ray down: {_ray_of(ssh)}"
+    assert not ssh.answers(), "sshd still answers"
+    with pytest.raises(KeyError):  # the head's account is gone with it
+        pwd.getpwnam(ssh.user)
     if foreign_ray is not None:  # conftest checks its processes at the session's end; it must answer now
         assert _answers(foreign_ray.port)
     print("\ncluster launcher: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
