@@ -56,6 +56,23 @@ def launch(env: dict, *args: str, timeout: float = 300, log: Path | None = None)
     return done.returncode, done.stdout, time.perf_counter() - started
 
 
+def venv_for(user: str, open_dir: Path) -> Path:
+    """The test's venv as the head's account can read it. A clone under root's 0700 home (or any
+    closed folder) hides it; then a hard-linked mirror in an open folder (no bytes copied; a full
+    copy where hard links cannot cross file systems) serves instead of skipping the test."""
+    def readable(venv: Path) -> bool:
+        return subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(venv / "pyvenv.cfg")]).returncode == 0
+
+    if readable(BASE_VENV):
+        return BASE_VENV
+    mirror = open_dir / "venv"
+    if subprocess.run(["cp", "-a", "--link", str(BASE_VENV), str(mirror)], capture_output=True).returncode != 0:
+        subprocess.run(["rm", "-rf", str(mirror)], check=True)
+        subprocess.run(["cp", "-a", str(BASE_VENV), str(mirror)], check=True)
+    assert readable(mirror), f"the head's account cannot read the venv mirror {mirror} either"
+    return mirror
+
+
 def _answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -79,6 +96,15 @@ def _write(config: dict, path: Path) -> Path:
 
 
 @pytest.fixture
+def open_dir() -> Path:
+    """A folder every account may read (the venv mirror of venv_for), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="h22venv", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], timeout=300)
+
+
+@pytest.fixture
 def tmp(tmp_path) -> Path:
     """A short temp dir (Ray's socket paths must stay under ~100 characters)."""
     path = Path(tempfile.mkdtemp(prefix="h22", dir="/tmp"))
@@ -86,17 +112,15 @@ def tmp(tmp_path) -> Path:
     subprocess.run(["rm", "-rf", str(path)], timeout=60)
 
 
-def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, foreign_ray):
+def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, open_dir, foreign_ray):
     reason = why_not()
     if reason:
         pytest.skip(reason)
     timings: dict[str, float] = {}
     with SshHead() as ssh:
-        readable = subprocess.run(["runuser", "-u", ssh.user, "--", "test", "-r", str(BASE_VENV / "pyvenv.cfg")])
-        if readable.returncode != 0:
-            pytest.skip(f"the head's user cannot read the test's venv {BASE_VENV} (a 0700 directory above it)")
+        venv = venv_for(ssh.user, open_dir)
         head = Head(user=ssh.user, key=ssh.key, ssh_port=ssh.port, home=ssh.home, ports=head_ports(free_port))
-        config = local_cluster(load_cluster(), head, BASE_VENV, name=f"h22-{ssh.port}")
+        config = local_cluster(load_cluster(), head, venv, name=f"h22-{ssh.port}")
         first = _write(config, tmp / "cluster.yaml")
         # An unchanged file would skip the setup ("Configuration already up to date"); one more
         # command changes its hash, as a code change does, so every setup command runs again.
@@ -123,7 +147,7 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, foreign_ray):
             "--set", "data.synthetic_size=small", "--set", "schedule.epochs=1",
             "--set", f"tracking.mlflow_uri=http://127.0.0.1:{mlflow_port}", "--out", str(out), timeout=420,
             log=tmp_path / "submit-train.log")
-        assert rc == 0, log[-8000:]
+        assert rc == 0, log[-8000:] + _tails(out)
         # entry.py runs in the head's home: the laptop-style relative config came from ~/harness.
         assert f"taken from the installed checkout: {ssh.home}/harness/sweeps/demo.yaml" in log, log[-3000:]
         _check_results(out, mlflow_port)
@@ -142,6 +166,17 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, foreign_ray):
     if foreign_ray is not None:  # conftest checks its processes at the session's end; it must answer now
         assert _answers(foreign_ray.port)
     print("\ncluster launcher: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+
+def _tails(out: Path, chars: int = 3000) -> str:
+    """What the head's harness left in its output directory (logs, failure records), for a failed submit."""
+    if not out.is_dir():
+        return f"\n(no {out} on the head)"
+    parts = [f"\n{out} on the head: {sorted(p.name for p in out.iterdir())}"]
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and path.suffix in (".log", ".json", ".txt"):
+            parts.append(f"--- {path}\n{path.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts)
 
 
 def _check_results(out: Path, mlflow_port: int) -> None:
