@@ -23,6 +23,17 @@ import sys
 from pathlib import Path
 
 JOINS_CLUSTER = ("train", "sweep", "demo")
+
+
+def unshadowed(path: list[str], script_dir: str) -> list[str]:
+    """``sys.path`` without the directory this file was run from when that directory holds a
+    ``harness`` folder that is not the package: `ray submit` copies this file to the head's home,
+    next to the ~/harness checkout (cluster.yaml's file_mounts), and Python would import that
+    checkout as an empty namespace package ahead of the installed harness."""
+    folder = Path(script_dir) / "harness"
+    if folder.is_dir() and not (folder / "__init__.py").is_file():
+        return [entry for entry in path if Path(entry or ".").resolve() != Path(script_dir).resolve()]
+    return path
 RESULTS_ROOT = "HARNESS_RESULTS_ROOT"  # harness.cli's default --out root (not imported: this runs as a file)
 
 
@@ -84,10 +95,38 @@ def check_job_out(argv: list[str]) -> str | None:
     return None
 
 
+def resolve_configs(argv: list[str], cwd: Path, checkout: Path | None) -> tuple[list[str], list[str]]:
+    """(argv, notes): each relative ``*.yaml`` argument that is not under ``cwd`` but is in the
+    harness checkout installed here (``checkout``: ~/harness on the head) made absolute there.
+    `ray submit` runs this file in the head's home, not in ~/harness, so ``sweeps/demo.yaml`` typed
+    as on the laptop would not be found; an existing file under ``cwd`` still wins."""
+    resolved, notes = list(argv), []
+    for i, arg in enumerate(argv[1:], start=1):
+        path = Path(arg)
+        if (checkout is None or "=" in arg or path.suffix not in (".yaml", ".yml") or path.is_absolute()
+                or arg.startswith("~") or (cwd / path).exists() or not (checkout / path).is_file()):
+            continue
+        resolved[i] = str(checkout / path)
+        notes.append(f"{arg}: not in {cwd}, taken from the installed checkout: {resolved[i]}")
+    return resolved, notes
+
+
+def installed_checkout() -> Path | None:
+    """The source tree of the installed harness when it is an editable install (cluster.yaml's
+    ``pip install -e ~/harness``), else None."""
+    import harness
+
+    root = Path(harness.__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check-suite":
         return _check_suite(argv[1:])
+    argv, notes = resolve_configs(argv, Path.cwd(), installed_checkout())
+    for note in notes:
+        print(f"harness.entry: {note}", flush=True)
     if argv and argv[0] in JOINS_CLUSTER:
         problem = check_job_out(argv)
         if problem:
@@ -109,4 +148,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path[:] = unshadowed(sys.path, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

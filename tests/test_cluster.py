@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -83,3 +84,71 @@ def test_documented_commands_quote_every_tilde_after_the_double_dash():
             if command.startswith(("ray submit", "ray job submit")) and " -- " in command:
                 after = command.split(" -- ", 1)[1]
                 assert not re.search(r"(^|\s)~", after), (path.name, line)
+
+
+def test_a_config_path_typed_as_on_the_laptop_is_found_in_the_heads_checkout(tmp_path):
+    """`ray submit` runs entry.py in the head's home: `-- train sweeps/demo.yaml` means ~/harness/sweeps/demo.yaml."""
+    from harness import entry
+
+    home, checkout = tmp_path / "home", tmp_path / "home" / "harness"
+    (checkout / "sweeps").mkdir(parents=True)
+    (checkout / "sweeps" / "demo.yaml").write_text("name: demo\n")
+    argv = ["train", "sweeps/demo.yaml", "--set", "a=b.yaml", "--out", "/abs/out"]
+    resolved, notes = entry.resolve_configs(argv, home, checkout)
+    assert resolved == ["train", str(checkout / "sweeps" / "demo.yaml"), *argv[2:]]
+    assert len(notes) == 1 and "sweeps/demo.yaml" in notes[0] and str(checkout) in notes[0]
+    # A file of that name under the working directory wins; no checkout (a wheel install): unchanged.
+    (home / "sweeps").mkdir()
+    (home / "sweeps" / "demo.yaml").write_text("name: mine\n")
+    assert entry.resolve_configs(argv, home, checkout) == (argv, [])
+    assert entry.resolve_configs(["train", "sweeps/x.yaml"], tmp_path, None) == (["train", "sweeps/x.yaml"], [])
+    assert entry.resolve_configs(["train", "sweeps/missing.yaml"], home, checkout)[0][1] == "sweeps/missing.yaml"
+
+
+def test_the_launcher_tests_cluster_file_is_cluster_yaml_with_named_overrides(cluster):
+    """tests/cluster_local.py builds the `local` provider file from cluster.yaml: it validates, keeps
+    every command no override names, and fails when cluster.yaml drops a command it overrides."""
+    from cluster_local import Head, head_ports, local_cluster, setup_overrides
+
+    ports = iter(range(41000, 41100))
+    head = Head(user="u", key=Path("/k"), ssh_port=2222, home=Path("/h"), ports=head_ports(lambda: next(ports)))
+    local = local_cluster(cluster, head, Path("/venv"))
+    jsonschema.validate(local, SCHEMA)
+    assert local["provider"] == {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
+    assert "available_node_types" not in local and local["file_mounts"] == cluster["file_mounts"]
+    assert "/mnt/efs" not in json.dumps(local) and "uv" not in " ".join(local["setup_commands"])
+    overridden = setup_overrides(Path("/venv"))
+    kept = [c for c in cluster["setup_commands"] if not any(key in c for key in overridden)]
+    assert kept and all(c in local["setup_commands"] for c in kept)
+    assert local["head_start_ray_commands"][0] == cluster["head_start_ray_commands"][0]  # ray stop, as the head's user
+    assert "--port=6379" not in json.dumps(local) and "5000" not in json.dumps(local["head_start_ray_commands"])
+    drifted = copy.deepcopy(cluster)
+    drifted["setup_commands"] = [c for c in drifted["setup_commands"] if "mount -t nfs4" not in c]
+    with pytest.raises(ValueError, match="no longer has the command"):
+        local_cluster(drifted, head, Path("/venv"))
+
+
+def test_entry_copied_next_to_the_checkout_imports_the_installed_harness(tmp_path):
+    """`ray submit` puts entry.py in the head's home beside ~/harness (the synced checkout, whose
+    top level has no __init__.py): run from there it must not import the checkout as a namespace package."""
+    from harness import entry
+
+    (tmp_path / "harness" / "harness").mkdir(parents=True)
+    assert entry.unshadowed([str(tmp_path), "/lib"], str(tmp_path)) == ["/lib"]
+    assert entry.unshadowed([str(REPO / "harness"), "/lib"], str(REPO / "harness")) == [str(REPO / "harness"), "/lib"]
+
+
+@pytest.mark.slow
+def test_entry_run_as_a_file_from_the_heads_home_imports_the_installed_harness(tmp_path):
+    """The same, end to end: the file copied next to a checkout named harness runs (a subprocess)."""
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "harness" / "harness").mkdir(parents=True)
+    shutil.copy(REPO / "harness" / "entry.py", tmp_path / "entry.py")
+    # As on the head: harness found by the install's finder, not by a PYTHONPATH entry (which would win).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(tmp_path / "entry.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and "sweep" in done.stdout, done.stderr[-2000:]

@@ -268,7 +268,7 @@ def _guard_here(port: int, store: Path) -> str:
     """The guard with this machine's paths and a free port in place of the head's."""
     guard = _mlflow_guard()
     for old, new in (("~/venv/bin/", f"{BIN}/"), ("5000", str(port)), ("/mnt/efs/mlflow", str(store)),
-                     ("/tmp/mlflow.log", str(store / "mlflow.log"))):
+                     ("/tmp/mlflow.log", str(store / "mlflow.log")), ("/tmp/mlflow.pid", str(store / "mlflow.pid"))):
         assert old in guard, old
         guard = guard.replace(old, new)
     return guard
@@ -297,7 +297,8 @@ def _naming(marker: str) -> list:
 def test_head_start_command_starts_mlflow_only_when_its_port_is_free(tmp_path):
     """Run under `bash -c` (as Ray runs it): with a live `mlflow server` on the port the guard
     starts nothing (the old `pgrep -f` guard matched its own bash -c and never started one);
-    with the port free it starts one, which then answers there."""
+    with the port free it starts one, which then answers there; run again while that one still
+    starts, it starts no second one (its pid file says it runs)."""
     started = time.perf_counter()
     port = free_port()
     store = Path(tempfile.mkdtemp(prefix="h15mlflow-", dir="/tmp"))
@@ -320,6 +321,11 @@ def test_head_start_command_starts_mlflow_only_when_its_port_is_free(tmp_path):
 
         done = subprocess.run(["bash", "-c", guard], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+        # A second `ray up` while that server still starts (not answering yet) starts no other one.
+        again = subprocess.run(["bash", "-c", guard], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        servers = [p for p in _naming(f"sqlite:///{store}/guard/mlflow.db") if "server" in p.info["cmdline"]]
+        assert len(servers) == 1, [p.info["cmdline"] for p in servers]
         assert _wait_until(lambda: answers(port), 240), (store / "guard" / "mlflow.log").read_text()[-3000:]
         assert _naming(f"sqlite:///{store}/guard/mlflow.db"), "something else answers on the port"
     finally:
