@@ -156,3 +156,52 @@ def test_bad_head_names_the_field():
         react(rows(3, 5, 0), rows(2, 4, 1), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match="train_stats"):
         train_statistics(rows(3, 5, 0), torch.tensor([0, 1]), 2)
+
+
+def test_harness_scores_lists_every_score_with_inputs_and_defaults(capsys):
+    from harness import cli
+
+    assert cli.main(["scores"]) == 0
+    shown = capsys.readouterr().out
+    for name, spec in SCORE_SPECS.items():
+        assert f"\n{name}  (" in shown, name
+        if spec.openood:
+            assert spec.openood in shown
+    assert "eval.ash_percentile: default 90.0" in shown and "eval.gen_m: default 100" in shown
+    assert "inputs: features, linear_head, train_stats" in shown  # vim, react, dice
+
+
+def test_scores_all_selects_every_registered_score():
+    from harness import evaluate_weights
+
+    overrides = evaluate_weights.score_overrides(["all"])
+    assert overrides[0] == "eval.scores=[" + ",".join(sorted(SCORE_SPECS)) + "]"
+    assert overrides[1] == "eval.selection_score=neglabel"
+    assert set(PORTED) <= set(EvalConfig(scores="all").scores)
+
+
+def test_a_run_without_id_train_data_skips_the_statistics_scores_saying_why():
+    from harness import score_inputs
+
+    class NoPatches:
+        visual = torch.nn.Identity()
+
+    cfg = EvalConfig(scores=tuple(PORTED), selection_score="gen")
+    kept, skipped = score_inputs.plan(cfg.scores, score_inputs.available_inputs(NoPatches(), cfg, has_train=False))
+    assert set(kept) == {"ash_b", "ash_p", "ash_s", "gen", "scale"}
+    assert set(skipped) == {"mds", "rmds", "vim", "react", "dice", "nnguide"}
+    assert "train_stats" in skipped["mds"] and "train_features" in skipped["nnguide"]
+
+
+def test_the_evaluator_hands_a_methods_head_to_the_head_scores():
+    # A method with a linear head: the ported scores read its W and b, not the class prompts.
+    from harness import evaluate
+
+    inputs, cfg, raw = case("head")
+    w, b = inputs.linear_head
+    text = evaluate.TextSide(inputs.class_text, rows(4, 5, 9), [f"n{i}" for i in range(4)], 20.0,
+                             head_weight=w, head_bias=b)
+    cfg = cfg.model_copy(update={"scores": ("ash_p", "gen", "scale", "energy")})
+    got = evaluate.compute_scores(inputs.features, text, cfg, 0)
+    for name in ("ash_p", "gen", "scale"):
+        torch.testing.assert_close(got[name], torch.from_numpy(np.asarray(oracle(name, raw))), rtol=1e-9, atol=1e-9)

@@ -7,6 +7,8 @@ selected scores declare (harness.evaluate) and hands them over as :class:`ScoreI
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -127,3 +129,32 @@ def get_score(name: str) -> ScoreSpec:
         return SCORE_SPECS[name]
     except KeyError:
         raise UnknownScoreError(f"unknown score {name!r}; registered scores: {sorted(SCORE_SPECS)}") from None
+
+
+def _settings(spec: ScoreSpec) -> list[tuple[str, Any]]:
+    """The eval.* keys a score reads: those it declared, else those named after it (knn_k, odin_*,
+    ...; NegLabel's and CSP's mining and grouping keys are neg_*)."""
+    if spec.defaults:
+        return list(spec.defaults)
+    from harness.config import EvalConfig
+
+    prefixes = (spec.name + "_",) + (("neg_",) if spec.name in ("neglabel", "csp") else ())
+    return [(k, f.default) for k, f in EvalConfig.model_fields.items() if k.startswith(prefixes)]
+
+
+def describe() -> str:
+    """Every registered score with its inputs, its eval.* settings and defaults, and what it ports:
+    `harness scores`."""
+    lines = ["Scores (higher = more in-distribution; eval.scores: [a, b] or all; harness evaluate --scores a,b):", ""]
+    for name, spec in sorted(SCORE_SPECS.items()):
+        kind = "test-time, scores an ID/OoD stream" if spec.stream else "post-hoc"
+        port = f"; ports OpenOOD v1.5 {spec.openood}" if spec.openood else ""
+        module = sys.modules.get(spec.fn.__module__)  # the score module's docstring says what it is
+        doc = " ".join(((module.__doc__ if module else None) or spec.fn.__doc__ or "").split())
+        doc = re.split(r"(?<! al)\. ", doc)[0]
+        lines.append(f"{name}  ({kind}{port}): {doc}")
+        lines.append(f"    inputs: {', '.join(sorted(spec.needs))}")
+        for key, default in _settings(spec):
+            lines.append(f"    eval.{key}: default {default!r}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
