@@ -68,6 +68,22 @@ def _selection_line(runs: pd.DataFrame, chosen: dict[str, pd.Series]) -> list[st
             f"({md._num(pick['val_objective'])}) of the λ > 0 runs ({others}).", ""]
 
 
+OTHER_SCORES_PER_TABLE = 6
+
+
+def _inputs_note(names: list[str]) -> str:
+    """Which inputs each score read (OpenOOD #195: which feature a CLIP postprocessor sees)."""
+    from harness.scores import get_score
+
+    used = "; ".join(f"{n}: {', '.join(sorted(get_score(n).needs))}" for n in names)
+    return ("Inputs (`harness scores` lists them): " + used + ". `features` is the L2-normalised image embedding "
+            "after CLIP's projection, the one the classifier reads (the only image feature cached; CLIP's "
+            "pre-projection feature is not), so ReAct clips, ASH prunes and SCALE scales that embedding and "
+            "DICE sparsifies the head on it; `linear_head` is the classifier as W, b (the method's head, else "
+            "logit scale × class prompts with b = 0); `train_stats` are the ID-train statistics of that embedding "
+            "(class means, shared covariance, mean, the ReAct percentile), `train_features` the KNN bank.")
+
+
 def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown: list[str]) -> list[str]:
     """Every computed score the main table leaves out (the classifier-logit scores msp, energy,
     max_logit), compactly, and a note for every score whose AUROC is below chance."""
@@ -78,9 +94,12 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
     if rest:
         lines += ["## Every other computed score (average over OoD sets, percent)",
                   "FPR95 / AUROC averaged over the OoD test sets, AUROC with its 95% bootstrap interval. The "
-                  "classifier-logit scores (msp, energy, max_logit, odin) read each method's own classifier: its "
-                  "head's logits (LP, FFT, LP-FT), else logit scale × cosine to its class prompts.", "",
-                  md.score_table(chosen, ci, ood, rest), ""]
+                  "classifier-logit scores (msp, energy, max_logit, odin, gen, and the head of the OpenOOD ports) "
+                  "read each method's own classifier: its head's logits (LP, FFT, LP-FT), else logit scale × "
+                  "cosine to its class prompts.", ""]
+        for start in range(0, len(rest), OTHER_SCORES_PER_TABLE):  # a readable width per table
+            lines += [md.score_table(chosen, ci, ood, rest[start:start + OTHER_SCORES_PER_TABLE]), ""]
+        lines += [_inputs_note(rest), ""]
     low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
     names = {r["run_id"]: md.method_label(m) for m, r in chosen.items()}
     flagged = {}
