@@ -71,11 +71,18 @@ def _selection_line(runs: pd.DataFrame, chosen: dict[str, pd.Series]) -> list[st
 OTHER_SCORES_PER_TABLE = 6
 
 
+def _is_port(score: str) -> bool:
+    from harness.scores import SCORE_SPECS
+
+    spec = SCORE_SPECS.get(score)  # tables may hold a score no longer registered
+    return bool(spec and spec.openood)
+
+
 def _inputs_note(names: list[str]) -> str:
     """Which inputs each score read (OpenOOD #195: which feature a CLIP postprocessor sees)."""
-    from harness.scores import get_score
+    from harness.scores import SCORE_SPECS
 
-    used = "; ".join(f"{n}: {', '.join(sorted(get_score(n).needs))}" for n in names)
+    used = "; ".join(f"{n}: {', '.join(sorted(SCORE_SPECS[n].needs))}" for n in names if n in SCORE_SPECS)
     return ("Inputs (`harness scores` lists them): " + used + ". `features` is the L2-normalised image embedding "
             "after CLIP's projection, the one the classifier reads (the only image feature cached; CLIP's "
             "pre-projection feature is not), so ReAct clips, ASH prunes and SCALE scales that embedding and "
@@ -94,11 +101,12 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
     if rest:
         lines += ["## Every other computed score (average over OoD sets, percent)",
                   "FPR95 / AUROC averaged over the OoD test sets, AUROC with its 95% bootstrap interval. The "
-                  "classifier-logit scores (msp, energy, max_logit, odin, gen, and the head of the OpenOOD ports) "
-                  "read each method's own classifier: its head's logits (LP, FFT, LP-FT), else logit scale × "
-                  "cosine to its class prompts.", ""]
-        for start in range(0, len(rest), OTHER_SCORES_PER_TABLE):  # a readable width per table
-            lines += [md.score_table(chosen, ci, ood, rest[start:start + OTHER_SCORES_PER_TABLE]), ""]
+                  "classifier-logit scores (msp, energy, max_logit, odin, gen) and the OpenOOD ports that take "
+                  "`linear_head` read each method's own classifier: its head (LP, FFT, LP-FT), else logit scale × "
+                  "cosine to its class prompts. The OpenOOD v1.5 ports (`harness scores`) are in the last tables.", ""]
+        for group in ([s for s in rest if not _is_port(s)], [s for s in rest if _is_port(s)]):
+            for start in range(0, len(group), OTHER_SCORES_PER_TABLE):  # a readable width per table
+                lines += [md.score_table(chosen, ci, ood, group[start:start + OTHER_SCORES_PER_TABLE]), ""]
         lines += [_inputs_note(rest), ""]
     low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
     names = {r["run_id"]: md.method_label(m) for m, r in chosen.items()}
