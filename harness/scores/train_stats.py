@@ -17,13 +17,13 @@ import torch
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
     """numpy.percentile(values, q) (its default linear interpolation) of all entries, in float64,
     without torch.quantile's input-size limit (ReAct takes it over every ID-train feature value)."""
-    flat = values.reshape(-1).double()
+    flat = values.reshape(-1)  # in its own dtype: no float64 copy of every ID-train value
     if flat.numel() == 0:
         raise ValueError("percentile of an empty set")
     pos = q / 100.0 * (flat.numel() - 1)
     lo, hi = int(pos // 1), min(int(pos // 1) + 1, flat.numel() - 1)
-    low = flat.kthvalue(lo + 1).values
-    high = flat.kthvalue(hi + 1).values
+    low = flat.kthvalue(lo + 1).values.double()
+    high = flat.kthvalue(hi + 1).values.double()
     return low + (high - low) * (pos - lo)
 
 
@@ -58,7 +58,7 @@ def train_statistics(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     centered = torch.cat([x[labels == c] - means[i] for i, c in enumerate(classes.tolist())])
     mean = x.mean(0)
     return {"classes": classes, "class_means": means, "precision": _precision(centered), "mean": mean,
-            "whole_precision": _precision(x - mean), "react_threshold": percentile(x, react_percentile),
+            "whole_precision": _precision(x - mean), "react_threshold": percentile(features, react_percentile),
             "react_percentile": torch.tensor(float(react_percentile), dtype=torch.float64)}
 
 
