@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `harness demo --out runs/demo`; `harness COMMAND --help` gives a command's options.")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
+    sub.add_parser("scores", help="every registered score with its inputs, eval.* settings and defaults")
     _common(sub.add_parser("train", help="one run from the config's base values (search space ignored)"))
     _common(sub.add_parser("sweep", help="Ray Tune search over the config's search space"))
     demo = sub.add_parser("demo", help="every registered method, compared on the embedded synthetic data (sweeps/demo.yaml; "
@@ -199,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
             from harness import methods
 
             print(methods.describe())
+            return 0
+        if args.command == "scores":
+            from harness.scores.registry import describe
+
+            import harness.scores  # noqa: F401  (registers every score module)
+
+            print(describe())
             return 0
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args), space=args.space)

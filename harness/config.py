@@ -154,6 +154,22 @@ class EvalConfig(_Section):
     adaneg_lambda: float = Field(0.1, ge=0)
     adaneg_threshold: float = Field(0.5, ge=0, le=1)
     adaneg_gap: float = Field(0.5, ge=0, le=1)
+    # The OpenOOD v1.5 postprocessors' defaults (configs/postprocessors/<name>.yml), used as they are.
+    react_percentile: float = Field(90.0, ge=0, le=100)
+    """ReAct's clip threshold: this percentile of every ID-train feature value (OpenOOD: of ID-val's)."""
+    ash_percentile: float = Field(90.0, ge=0, lt=100)
+    """ASH-P/-B/-S: the share of each feature vector's entries pruned (OpenOOD's ash.yml: 90)."""
+    scale_percentile: float = Field(85.0, ge=0, lt=100)
+    """SCALE: the percentile whose top entries set the scaling (OpenOOD's scale.yml: 85)."""
+    dice_p: float = Field(90.0, ge=0, lt=100)
+    """DICE: the percentile of the head's weight x mean ID-train activation below which weights are zeroed."""
+    gen_gamma: float = Field(0.1, gt=0)
+    gen_m: int = Field(100, ge=1)
+    """GEN's top M probabilities (the class count when fewer)."""
+    vim_dim: int | None = Field(None, ge=1)
+    """ViM's principal-space dimension; None: 1000 for a feature size >= 1500, 512 for >= 768, else half."""
+    nnguide_k: int = Field(100, ge=1)
+    """NNGuide's k over KNN's bank (eval.knn_bank_fraction); at most the bank's size."""
     scores: tuple[str, ...] = ("mcm", "neglabel", "msp", "energy", "max_logit")
     """The scores every run computes; ``all``: every registered score (harness/scores/)."""
     selection_score: str = "neglabel"

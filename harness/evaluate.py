@@ -176,6 +176,7 @@ def score_inputs(features: torch.Tensor, text: TextSide, provided: dict | None =
     provided = dict(provided or {})
     if text.head_weight is not None:  # head scores on the method's own head (else logit_scale x cosine)
         provided.setdefault("logits", text.logits(features))
+        provided.setdefault("linear_head", (text.head_weight, text.head_bias))
     return ScoreInputs(features=features, class_text=text.class_features, logit_scale=text.logit_scale,
                        negatives=text.negative_features, csp_negatives=text.csp_features, **provided)
 

@@ -136,7 +136,7 @@ def suite_overrides(names: list[str]) -> list[list[str]]:
 
 
 def score_overrides(scores: list[str] | None) -> list[str]:
-    """``--scores a,b`` as overrides. The selection score (validation's) stays neglabel when selected,
+    """``--scores a,b`` (or ``all``: every registered score) as overrides. The selection score (validation's) stays neglabel when selected,
     else the first one validation can compute; with none such, mcm is added for it."""
     if not scores:
         return []
@@ -144,6 +144,8 @@ def score_overrides(scores: list[str] | None) -> list[str]:
     from harness.scores import SCORE_SPECS
 
     names = list(dict.fromkeys(n for part in scores for n in part.split(",") if n))
+    if "all" in names:  # every registered score, as eval.scores: all
+        names = sorted(SCORE_SPECS)
     selectable = [n for n in names if n in SCORE_SPECS and SCORE_SPECS[n].needs <= SELECTABLE_INPUTS]
     selection = "neglabel" if "neglabel" in selectable else (selectable or ["mcm"])[0]
     if selection not in names:

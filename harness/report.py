@@ -68,6 +68,29 @@ def _selection_line(runs: pd.DataFrame, chosen: dict[str, pd.Series]) -> list[st
             f"({md._num(pick['val_objective'])}) of the λ > 0 runs ({others}).", ""]
 
 
+OTHER_SCORES_PER_TABLE = 6
+
+
+def _is_port(score: str) -> bool:
+    from harness.scores import SCORE_SPECS
+
+    spec = SCORE_SPECS.get(score)  # tables may hold a score no longer registered
+    return bool(spec and spec.openood)
+
+
+def _inputs_note(names: list[str]) -> str:
+    """Which inputs each score read (OpenOOD #195: which feature a CLIP postprocessor sees)."""
+    from harness.scores import SCORE_SPECS
+
+    used = "; ".join(f"{n}: {', '.join(sorted(SCORE_SPECS[n].needs))}" for n in names if n in SCORE_SPECS)
+    return ("Inputs (`harness scores` lists them): " + used + ". `features` is the L2-normalised image embedding "
+            "after CLIP's projection, the one the classifier reads (the only image feature cached; CLIP's "
+            "pre-projection feature is not), so ReAct clips, ASH prunes and SCALE scales that embedding and "
+            "DICE sparsifies the head on it; `linear_head` is the classifier as W, b (the method's head, else "
+            "logit scale × class prompts with b = 0); `train_stats` are the ID-train statistics of that embedding "
+            "(class means, shared covariance, mean, the ReAct percentile), `train_features` the KNN bank.")
+
+
 def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown: list[str]) -> list[str]:
     """Every computed score the main table leaves out (the classifier-logit scores msp, energy,
     max_logit), compactly, and a note for every score whose AUROC is below chance."""
@@ -78,9 +101,13 @@ def _other_scores_section(tables: Tables, chosen: dict, ci: pd.DataFrame, shown:
     if rest:
         lines += ["## Every other computed score (average over OoD sets, percent)",
                   "FPR95 / AUROC averaged over the OoD test sets, AUROC with its 95% bootstrap interval. The "
-                  "classifier-logit scores (msp, energy, max_logit, odin) read each method's own classifier: its "
-                  "head's logits (LP, FFT, LP-FT), else logit scale × cosine to its class prompts.", "",
-                  md.score_table(chosen, ci, ood, rest), ""]
+                  "classifier-logit scores (msp, energy, max_logit, odin, gen) and the OpenOOD ports that take "
+                  "`linear_head` read each method's own classifier: its head (LP, FFT, LP-FT), else logit scale × "
+                  "cosine to its class prompts. The OpenOOD v1.5 ports (`harness scores`) are in the last tables.", ""]
+        for group in ([s for s in rest if not _is_port(s)], [s for s in rest if _is_port(s)]):
+            for start in range(0, len(group), OTHER_SCORES_PER_TABLE):  # a readable width per table
+                lines += [md.score_table(chosen, ci, ood, group[start:start + OTHER_SCORES_PER_TABLE]), ""]
+        lines += [_inputs_note(rest), ""]
     low = ood.groupby(["run_id", "score"])["auroc"].mean() if not ood.empty else pd.Series(dtype=float)
     names = {r["run_id"]: md.method_label(m) for m, r in chosen.items()}
     flagged = {}
@@ -242,6 +269,15 @@ def _common_sections(tables: Tables, out_md: Path) -> list[str]:
     return lines + ["## Every run", md.trials_table(tables.runs, tables.ood), ""]
 
 
+def _intervals(tables: Tables, shown: list[str], n_boot: int) -> pd.DataFrame:
+    """Intervals of the shown scores for every run, of every other score only for the runs the report
+    selects (one per method and suite, the only runs its tables show those scores for): a bootstrap per
+    run and score is most of the report's time, and 21 scores x every run doubled it on the demo."""
+    selected = {run["run_id"] for suite in tables.runs["suite"].unique()
+                for run in stats.select_runs(tables.runs[tables.runs["suite"] == suite]).values()}
+    return stats.intervals(tables, tables.runs, n_boot, keep=lambda run_id, score: score in shown or run_id in selected)
+
+
 def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD detection report", notes: str = "",
           filters: Filters | None = None, n_boot: int = N_BOOT, run_sections: Path | None = None) -> Path:
     """Write ``out_md`` and its PNGs (beside it) from the tables in ``results_dirs``.
@@ -253,9 +289,9 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
     tables = stats.apply(stats.load(dirs), filters)
     if tables.runs.empty:
         raise stats.NothingToReport(f"no runs left after the filters ({filters.describe()})")
-    ci = stats.intervals(tables, tables.runs, n_boot)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
     scores, suites = _scores(tables, filters), sorted(tables.runs["suite"].unique())
+    ci = _intervals(tables, scores, n_boot)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
     sources = ", ".join(f"`{_shown_path(stats.results_dir(Path(d)), out_md.parent)}`" for d in dirs)
     bodies = {}
     answers = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')}._", ""]

@@ -7,7 +7,7 @@ formats markdown or draws.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -160,8 +160,10 @@ def score_arrays(samples: pd.DataFrame, run: pd.Series, score: str) -> tuple[pd.
     return id_scores, by_set
 
 
-def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0) -> pd.DataFrame:
-    """Bootstrap intervals of every (run, score, OoD set or "avg", metric) with per-sample scores.
+def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0,
+              keep: Callable[[str, str], bool] | None = None) -> pd.DataFrame:
+    """Bootstrap intervals of every (run, score, OoD set or "avg", metric) with per-sample scores
+    (``keep(run_id, score)``: only those pairs).
 
     Columns: run_id, score, dataset, metric, estimate, low, high (fractions).
     """
@@ -170,6 +172,8 @@ def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0) ->
         return pd.DataFrame(rows)
     for _, run in runs[runs["status"] == "finished"].iterrows():
         for score in sorted(tables.samples.loc[tables.samples["run_id"] == run["run_id"], "score"].unique()):
+            if keep is not None and not keep(run["run_id"], score):
+                continue
             id_scores, ood_sets = score_arrays(tables.samples, run, score)
             if id_scores.empty or not ood_sets:
                 continue

@@ -20,7 +20,7 @@ from harness.data.pipeline import eval_pipeline
 from harness.data.shards import read_manifest
 from harness.scores import get_score, local_mcm, odin
 
-ALWAYS = {"features", "class_text", "negatives", "logits", "stream"}
+ALWAYS = {"features", "class_text", "negatives", "logits", "stream", "linear_head"}
 
 
 def available_inputs(model, cfg_eval, has_train: bool) -> set[str]:
@@ -32,7 +32,7 @@ def available_inputs(model, cfg_eval, has_train: bool) -> set[str]:
     if hasattr(visual, "_embeds") and hasattr(visual, "transformer"):
         out.add("patches")
     if has_train:
-        out.add("train_features")
+        out |= {"train_features", "train_stats"}
     return out
 
 
@@ -91,19 +91,38 @@ def provide(scores, cache, model, bundle, dataset_dir: Path, text, cfg_eval, dev
             lambda x: odin(classify, x, cfg_eval.odin_temperature, cfg_eval.odin_epsilon)))
     if "train_features" in needs and train_dir is not None:
         out["train_features"] = train_bank(cache, model, bundle, train_dir, cfg_eval, device, seed)
+    if "train_stats" in needs and train_dir is not None:
+        out["train_stats"] = train_stats(cache, model, bundle, train_dir, cfg_eval, device, text.class_features.shape[0])
     return out
 
 
-def train_bank(cache, model, bundle, train_dir: Path, cfg_eval, device, seed: int) -> torch.Tensor:
-    """KNN's bank: the ID-train features (cached whole), a seeded eval.knn_bank_fraction of them."""
+def train_embeddings(cache, model, bundle, train_dir: Path, cfg_eval, device) -> dict:
+    """Every ID-train image's features and label (one cache entry, shared by KNN's bank and train_stats)."""
     from harness.evaluate import encode_images
 
     manifest = read_manifest(train_dir)
     path = cache.path(train_dir, "features", allow_bad=cfg_eval.allow_bad_samples)
-    data = cache.get_or_build(path, lambda: encode_images(
+    return cache.get_or_build(path, lambda: encode_images(
         model, manifest.shards, bundle.eval_transform, cfg_eval.batch_size, device,
         shard_samples=manifest.shard_samples, allow_bad=cfg_eval.allow_bad_samples).as_dict())
-    feats = data["features"]
+
+
+def train_stats(cache, model, bundle, train_dir: Path, cfg_eval, device, num_classes: int) -> dict:
+    """The ID-train statistics (harness.scores.train_stats), cached per weights digest beside the
+    ID-train features, plus those features and labels (ViM fits its residual space to them)."""
+    from harness.scores.train_stats import train_statistics
+
+    data = train_embeddings(cache, model, bundle, train_dir, cfg_eval, device)
+    path = cache.path(train_dir, "train_stats", allow_bad=cfg_eval.allow_bad_samples, classes=num_classes,
+                      react_percentile=cfg_eval.react_percentile)
+    stats = cache.get_or_build(path, lambda: train_statistics(data["features"], data["labels"], num_classes,
+                                                              cfg_eval.react_percentile))
+    return {**stats, "features": data["features"], "labels": data["labels"]}
+
+
+def train_bank(cache, model, bundle, train_dir: Path, cfg_eval, device, seed: int) -> torch.Tensor:
+    """KNN's bank: the ID-train features (cached whole), a seeded eval.knn_bank_fraction of them."""
+    feats = train_embeddings(cache, model, bundle, train_dir, cfg_eval, device)["features"]
     if cfg_eval.knn_bank_fraction < 1:
         count = max(1, int(len(feats) * cfg_eval.knn_bank_fraction))
         feats = feats[torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))[:count]]

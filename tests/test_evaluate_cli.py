@@ -188,3 +188,28 @@ def test_unsafe_weights_and_a_bad_shard_exit_2_naming_the_file(world, tmp_path, 
                      "--scores", "mcm", "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert code == 2 and str(shard) in err and "unreadable shard" in err, err
+
+
+def test_scores_all_gives_every_registered_score_and_again_from_the_warm_cache(suite_root, tmp_path, capsys):
+    # the OpenOOD ports included: their ID-train statistics are one cache entry, reused by the second run
+    from harness.scores import SCORE_SPECS
+
+    torch.manual_seed(0)
+    weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
+    cache = tmp_path / "cache"
+    common = ["--weights", str(weights), "--suite", "mos", "--cache", str(cache), "--set", "data.source=shards",
+              "--set", f"data.root={suite_root}", "--set", "name=all", "--set", "eval.batch_size=64",
+              "--scores", "all"]
+    code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "first"))
+    assert code == 0, out
+    ood = results.read(tmp_path / "first" / "results", results.OOD)
+    assert set(ood["score"]) == set(SCORE_SPECS)
+    assert len(list(cache.glob("*/*.train_stats.*.pt"))) == 1
+    run_dir = next((tmp_path / "first" / "runs").iterdir())
+    code, out = _evaluate(capsys, "--weights", str(run_dir), "--cache", str(cache), "--scores", "all",
+                          "--out", str(tmp_path / "second"))
+    assert code == 0 and "encoded nothing" in out, out
+    again = results.read(tmp_path / "second" / "results", results.OOD)
+    cols = ["score", "dataset", "fpr95", "auroc"]
+    pd.testing.assert_frame_equal(ood[cols].sort_values(cols[:2]).reset_index(drop=True),
+                                  again[cols].sort_values(cols[:2]).reset_index(drop=True), rtol=0, atol=1e-9)

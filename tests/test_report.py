@@ -149,3 +149,18 @@ def test_every_score_is_shown_below_chance_flagged_directions_worded_and_lam_nam
     assert row["low"] > 0  # CMA's OoD scores sit further below ID: a resolved gain
     assert (f"AUROC: CMA is {100 * row['estimate']:.2f} pp better than zero-shot "
             f"[{100 * row['low']:.2f}, {100 * row['high']:.2f}]") in written
+
+
+def test_other_scores_are_bootstrapped_for_the_selected_runs_only(mos_out, written):
+    # msp is shown only in the table of every other score, for the selected runs: the others' run
+    # sections have the shown scores' intervals (mcm, neglabel), not msp's (a bootstrap each).
+    tables = report_stats.load([mos_out])
+    selected = {r["run_id"] for r in report_stats.select_runs(tables.runs).values()}
+    ci = report._intervals(tables, ["mcm", "neglabel"], 50)
+    for run_id in tables.runs["run_id"]:
+        have = set(ci.loc[ci["run_id"] == run_id, "score"])
+        assert have == ({"mcm", "neglabel", "msp"} if run_id in selected else {"mcm", "neglabel"}), run_id
+    assert len(selected) < len(tables.runs)
+    other = next(r for r in tables.runs["run_id"] if r not in selected)
+    section = (mos_out / "runs" / other / "report.md").read_text()
+    assert "| mcm |" in section and "| msp |" not in section

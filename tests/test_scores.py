@@ -237,6 +237,8 @@ def score_case(kind: str, seed: int = 0):
 @pytest.mark.parametrize("name", sorted(SCORE_SPECS))
 def test_every_score_matches_its_reference(name, kind):
     spec = get_score(name)
+    if spec.reference is None:  # an OpenOOD port: its oracle is the transcribed formula
+        pytest.skip(f"{name} ports {spec.openood}: tests/test_scores_openood.py checks it")
     inputs, cfg = score_case(kind)
     got, expected = spec.compute(inputs, cfg, 4), spec.reference(inputs, cfg, 4)
     got = got if isinstance(got, tuple) else (got,)

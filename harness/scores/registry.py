@@ -7,6 +7,8 @@ selected scores declare (harness.evaluate) and hands them over as :class:`ScoreI
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +25,10 @@ INPUTS = {
     "train_features": "L2-normalised pooled features of ID-train images (the KNN bank)",
     "model": "the model itself (input gradients), through a per-image result computed by the evaluator",
     "stream": "the ID and OoD test features of one pair, mixed into a test stream (test-time scores)",
+    "linear_head": "the classifier as (W (C, D), b (C,)) on the L2-normalised features: logits = f W^T + b "
+                   "(the method's head, else logit_scale x the class prompts, b = 0)",
+    "train_stats": "ID-train statistics (harness.scores.train_stats: class means, shared and whole precision, "
+                   "mean activation, percentiles) with the ID-train features and labels, cached per weights digest",
 }
 
 
@@ -46,6 +52,8 @@ class ScoreInputs:
     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> logits (model scores)
     images: torch.Tensor | None = None  # the set's preprocessed images, when held whole (tests)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    linear_head: tuple[torch.Tensor, torch.Tensor] | None = None  # (W, b): logits = features @ W.T + b
+    train_stats: dict | None = None  # harness.scores.train_stats.train_statistics(...) plus "features", "labels"
 
 
 Compute = Callable[[ScoreInputs, Any, int], Any]
@@ -64,8 +72,10 @@ class ScoreSpec:
     fn: Callable[..., torch.Tensor]
     needs: frozenset[str]
     compute: Compute
-    reference: Reference
+    reference: Reference | None
     stream: bool = False
+    openood: str | None = None  # the OpenOOD v1.5 file it ports (its oracle: tests/openood_oracles.py)
+    defaults: tuple[tuple[str, Any], ...] = ()  # (eval.* key, default) pairs it reads, for `harness scores`
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.fn(*args, **kwargs)
@@ -82,19 +92,32 @@ class UnknownScoreError(KeyError, ValueError):
         return str(self.args[0])
 
 
-def register(name: str, needs: tuple[str, ...] | frozenset[str], compute: Compute, reference: Reference):
+def register(name: str, needs: tuple[str, ...] | frozenset[str], compute: Compute, reference: Reference | None,
+             openood: str | None = None, defaults: tuple[str, ...] = ()):
     """Decorator: add ``fn`` under ``name`` with the inputs it ``needs``, how the evaluator computes
-    it and its test oracle; a duplicate name or an unknown input raises."""
+    it and its test oracle; a duplicate name or an unknown input raises. A port of an OpenOOD
+    postprocessor names its file (``openood``) and may leave ``reference`` None: its oracle is the
+    formula transcribed from that file (tests/openood_oracles.py). ``defaults``: the eval.* keys it reads."""
     needs = frozenset(needs)
     unknown = sorted(needs - set(INPUTS))
     if unknown:
         raise ValueError(f"score {name!r}: unknown input(s) {unknown}; known: {sorted(INPUTS)}")
+    from harness.config import EvalConfig
+
+    known = EvalConfig.model_fields
+    bad = [k for k in defaults if k not in known]
+    if bad:
+        raise ValueError(f"score {name!r}: defaults {bad} are not eval.* keys")
+    pairs = tuple((k, known[k].default) for k in defaults)
 
     def add(fn):
         if name in SCORES:
             raise ValueError(f"score {name!r} is already registered")
+        if reference is None and openood is None:
+            raise ValueError(f"score {name!r}: give a reference (its test oracle) or the OpenOOD file it ports")
         SCORES[name] = fn
-        SCORE_SPECS[name] = ScoreSpec(name, fn, needs, compute, reference, stream="stream" in needs)
+        SCORE_SPECS[name] = ScoreSpec(name, fn, needs, compute, reference, stream="stream" in needs,
+                                      openood=openood, defaults=pairs)
         return fn
 
     return add
@@ -106,3 +129,32 @@ def get_score(name: str) -> ScoreSpec:
         return SCORE_SPECS[name]
     except KeyError:
         raise UnknownScoreError(f"unknown score {name!r}; registered scores: {sorted(SCORE_SPECS)}") from None
+
+
+def _settings(spec: ScoreSpec) -> list[tuple[str, Any]]:
+    """The eval.* keys a score reads: those it declared, else those named after it (knn_k, odin_*,
+    ...; NegLabel's and CSP's mining and grouping keys are neg_*)."""
+    if spec.defaults:
+        return list(spec.defaults)
+    from harness.config import EvalConfig
+
+    prefixes = (spec.name + "_",) + (("neg_",) if spec.name in ("neglabel", "csp") else ())
+    return [(k, f.default) for k, f in EvalConfig.model_fields.items() if k.startswith(prefixes)]
+
+
+def describe() -> str:
+    """Every registered score with its inputs, its eval.* settings and defaults, and what it ports:
+    `harness scores`."""
+    lines = ["Scores (higher = more in-distribution; eval.scores: [a, b] or all; harness evaluate --scores a,b):", ""]
+    for name, spec in sorted(SCORE_SPECS.items()):
+        kind = "test-time, scores an ID/OoD stream" if spec.stream else "post-hoc"
+        port = f"; ports OpenOOD v1.5 {spec.openood}" if spec.openood else ""
+        module = sys.modules.get(spec.fn.__module__)  # the score module's docstring says what it is
+        doc = " ".join(((module.__doc__ if module else None) or spec.fn.__doc__ or "").split())
+        doc = re.split(r"(?<! al)\. ", doc)[0]
+        lines.append(f"{name}  ({kind}{port}): {doc}")
+        lines.append(f"    inputs: {', '.join(sorted(spec.needs))}")
+        for key, default in _settings(spec):
+            lines.append(f"    eval.{key}: default {default!r}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
