@@ -40,7 +40,7 @@ def _node_ports() -> list[str]:
     return [f"{option}={free_port()}" for option in options]
 
 
-def _answers(port: int) -> bool:
+def port_answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return True
@@ -126,7 +126,7 @@ class RayCluster:
     def _start_all(self, timeout_s: float) -> "RayCluster":
         self._start_node(["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=false",
                           f"--ray-client-server-port={free_port()}"],
-                         lambda: _answers(self.port) and (self.temp_dir / "ray_current_cluster").is_file(), timeout_s)
+                         lambda: port_answers(self.port) and (self.temp_dir / "ray_current_cluster").is_file(), timeout_s)
         for _ in range(self.extra_nodes):
             want = len(self.nodes) + 1  # registered with the GCS, so its CPUs count
             self._start_node([f"--address={self.address}"], lambda: registered_nodes(self.address) >= want, timeout_s)

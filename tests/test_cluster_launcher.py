@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from cluster_local import REPO, Head, head_ports, load_cluster, local_cluster
+from raycluster import port_answers
 from ssh_head import SshHead, free_port, why_not
 
 pytestmark = pytest.mark.slow
@@ -71,14 +71,6 @@ def venv_for(user: str, open_dir: Path) -> Path:
         subprocess.run(["cp", "-a", str(BASE_VENV), str(mirror)], check=True)
     assert readable(mirror), f"the head's account cannot read the venv mirror {mirror} either"
     return mirror
-
-
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _wait(condition, timeout: float) -> bool:
@@ -138,7 +130,7 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, open_dir, fore
         assert not (ssh.home / "harness" / ".git").exists()  # rsync_exclude
         mlflow_port = head.ports["mlflow"]
         started = time.perf_counter()
-        assert _wait(lambda: _answers(mlflow_port), 240), (efs / "mlflow" / "mlflow.log").read_text()[-3000:]
+        assert _wait(lambda: port_answers(mlflow_port), 240), (efs / "mlflow" / "mlflow.log").read_text()[-3000:]
         timings["MLflow answers after ray up"] = time.perf_counter() - started
 
         out = efs / "runs" / "launcher"
@@ -164,7 +156,7 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, open_dir, fore
     with pytest.raises(KeyError):  # the head's account is gone with it
         pwd.getpwnam(ssh.user)
     if foreign_ray is not None:  # conftest checks its processes at the session's end; it must answer now
-        assert _answers(foreign_ray.port)
+        assert port_answers(foreign_ray.port)
     print("\ncluster launcher: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
 
 
