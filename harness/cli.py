@@ -280,13 +280,23 @@ def default_out(name: str) -> Path:
 
 def _evaluate(args) -> int:
     """Resolve the weights and every config (one per suite) before any compute, then evaluate each."""
-    import os
+    before = os.environ.get("HARNESS_EMBED_CACHE")
+    if args.cache is not None:
+        # read by embed_cache here and, through ray_layer.init's runtime_env, in Ray workers
+        os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())
+    try:
+        return _evaluate_sources(args)
+    finally:  # a library caller (a test, a notebook) keeps its own cache afterwards
+        if before is None:
+            os.environ.pop("HARNESS_EMBED_CACHE", None)
+        else:
+            os.environ["HARNESS_EMBED_CACHE"] = before
 
+
+def _evaluate_sources(args) -> int:
     from harness import evaluate_weights as ew
     from harness.suites import SuiteError
 
-    if args.cache is not None:
-        os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())  # read by embed_cache, also in workers
     try:
         per_suite = ew.suite_overrides(args.suite) or [[]]
         if args.workers is not None and args.address is None:

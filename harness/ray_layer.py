@@ -72,15 +72,22 @@ def init(address: str | None, num_cpus: int | None = None) -> None:
     if address and address != "local":
         # Ray's own "auto" falls back to any Ray process it finds on the machine: resolve it ourselves.
         ray.init(address=preflight.registered_cluster() if address == "auto" else address,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, runtime_env=_forwarded_env())
     else:
         # A local cluster's nodes are never preempted: no watcher actor (and none of its warnings).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # address="local" always starts a private cluster: address=None would join whatever
         # cluster is registered on this machine (someone else's, or a dead one).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=200 * 1024 * 1024)
+                 object_store_memory=200 * 1024 * 1024, runtime_env=_forwarded_env())
     _quiet_ray_noise()
+
+
+def _forwarded_env() -> dict | None:
+    """This process's embedding-cache override (`harness evaluate --cache`), for the job's workers:
+    a joined cluster's workers do not inherit this process's environment."""
+    override = os.environ.get("HARNESS_EMBED_CACHE")
+    return {"env_vars": {"HARNESS_EMBED_CACHE": override}} if override else None
 
 
 def shutdown() -> None:

@@ -200,8 +200,11 @@ def test_scores_all_gives_every_registered_score_and_again_from_the_warm_cache(s
     common = ["--weights", str(weights), "--suite", "mos", "--cache", str(cache), "--set", "data.source=shards",
               "--set", f"data.root={suite_root}", "--set", "name=all", "--set", "eval.batch_size=64",
               "--scores", "all"]
+    before = os.environ.get("HARNESS_EMBED_CACHE")
     code, out = _evaluate(capsys, *common, "--out", str(tmp_path / "first"))
     assert code == 0, out
+    # --cache is this command's: later work in the process (and Ray clusters it starts) keeps its own
+    assert os.environ.get("HARNESS_EMBED_CACHE") == before
     ood = results.read(tmp_path / "first" / "results", results.OOD)
     assert set(ood["score"]) == set(SCORE_SPECS)
     assert len(list(cache.glob("*/*.train_stats.*.pt"))) == 1
