@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from harness import config as config_mod
-from harness import outdir, preflight
+from harness.results import outdir
+from harness.orchestration import preflight
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sweeps" / "demo.yaml"
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args), space=args.space)
         if args.command == "demo":  # its plan comes from the method registry, not the file's search space
-            from harness import demo as demo_plan
+            from harness.orchestration import demo as demo_plan
 
             try:
                 demo_plan.first_round(cfg, args.demo_methods or None)
@@ -225,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             outdir.OutDirTaken) as err:
         print(f"harness {args.command}: {err}", file=sys.stderr)
         return 2
-    from harness import driver, tracking  # heavy imports (torch, ray) only once the input is valid
+    from harness.orchestration import driver  # heavy imports (torch, ray) only once the input is valid
+    from harness.results import tracking
 
     cfg = _without_credentials(cfg, tracking)
 
-    from harness.ray_layer import ResourceError, SweepInterrupted
+    from harness.orchestration.ray_layer import ResourceError, SweepInterrupted
 
     timer = driver.Timer()
     kind = "train" if args.command == "train" else "sweep"
@@ -294,7 +296,7 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_sources(args) -> int:
-    from harness import evaluate_weights as ew
+    from harness.orchestration import evaluate_weights as ew
     from harness.suites import SuiteError
 
     try:
@@ -309,7 +311,8 @@ def _evaluate_sources(args) -> int:
         raise UsageError(str(err)) from None
     cfg = sources[0].cfg
     out = preflight.check_run(cfg, args.out or default_out(f"evaluate-{cfg.name}"), args.address, sweep=False)
-    from harness import driver, tracking
+    from harness.orchestration import driver
+    from harness.results import tracking
 
     from harness.data.badsamples import BadDataError
 
@@ -334,7 +337,7 @@ def _evaluate_sources(args) -> int:
 
 
 def _cache(args) -> int:
-    from harness import embed_cache
+    from harness.evaluation import embed_cache
 
     root = (args.cache or embed_cache.default_root()).expanduser().resolve()
     if args.action == "size":
@@ -381,7 +384,7 @@ def _report(args) -> int:
         raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
     preflight.check_report(args.results_dirs, args.score, args.suite, args.output)
     from harness import report
-    from harness.report_stats import Filters, NothingToReport, results_dir
+    from harness.report.stats import Filters, NothingToReport, results_dir
 
     first = results_dir(args.results_dirs[0])
     output = args.output or first.parent / "report.md"
@@ -416,7 +419,8 @@ def _sync_mlflow(args) -> int:
     if not (out / "results").is_dir():
         raise UsageError(f"--out {out}: no results/ directory there (the --out of a train, sweep or demo)")
     preflight.check_tracking_uri(args.tracking_uri, "--tracking-uri")
-    from harness import driver, tracking
+    from harness.orchestration import driver
+    from harness.results import tracking
 
     left = driver.sync_mlflow(out, tracking.strip_credentials(args.tracking_uri))
     return 1 if left else 0

@@ -1,4 +1,4 @@
-"""Admission (harness.admission) on hand-worked cluster shapes: fixed clusters refuse at once,
+"""Admission (harness.orchestration.admission) on hand-worked cluster shapes: fixed clusters refuse at once,
 autoscaling ones admit what their node types and max_workers can ever hold; and --space."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as config_mod
-from harness.admission import ClusterShape, NodeType, ResourceError, admit, per_node, workers_ever, workers_now
+from harness.orchestration.admission import ClusterShape, NodeType, ResourceError, admit, per_node, workers_ever, workers_now
 
 CPU1 = {"CPU": 1.0}
 GPU = {"CPU": 12.0, "GPU": 1.0}

@@ -8,7 +8,7 @@ import pytest
 
 PROBE = textwrap.dedent("""
     import ctypes, ctypes.util, sys
-    from harness import allocator
+    from harness.evaluation import allocator
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]

@@ -1,10 +1,12 @@
-"""harness.demo: the plan of `harness demo`, read from the method registry (a new method with demo
+"""harness.orchestration.demo: the plan of `harness demo`, read from the method registry (a new method with demo
 entries is in it without editing anything here)."""
 
 import pytest
 
-from harness import config, demo, methods, ray_layer
-from harness.tracking import Record
+from harness import config, methods
+from harness.orchestration import demo
+from harness.orchestration import ray_layer
+from harness.results.tracking import Record
 
 BASE = config.load("sweeps/demo.yaml")
 
@@ -70,7 +72,9 @@ def test_the_demo_runs_every_method_and_a_short_fine_tune_beats_zero_shot(world,
     with the answers, and FLYP's ID accuracy is above zero-shot's (Wilson intervals apart)."""
     import ray
 
-    from harness import cli, report_stats, results, uncertainty
+    from harness import cli, results
+    from harness.report import stats as report_stats
+    from harness.report import uncertainty
 
     out = tmp_path / "demo"
     try:

@@ -26,7 +26,9 @@ def _one_step(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from harness import engine, models, ray_layer
+    from harness import models
+    from harness.train import engine
+    from harness.orchestration import ray_layer
     from harness.losses import CMALoss
 
     torch.set_num_threads(1)
@@ -58,7 +60,7 @@ def _one_step(config: dict) -> None:
 def local_ray():
     import ray
 
-    from harness import ray_layer
+    from harness.orchestration import ray_layer
 
     ray_layer.init(None, num_cpus=2)
     yield

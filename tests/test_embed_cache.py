@@ -1,4 +1,4 @@
-"""harness.embed_cache: keys, sharing, concurrent writers, size and prune."""
+"""harness.evaluation.embed_cache: keys, sharing, concurrent writers, size and prune."""
 
 import json
 import multiprocessing as mp
@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from harness import embed_cache, models
+from harness import models
+from harness.evaluation import embed_cache
 
 
 def _dataset(tmp_path, name="set-a", checksum="x"):

@@ -30,7 +30,8 @@ def ray_session():
 def test_sweep_writes_tables_report_and_mlflow_runs(world, tmp_path, ray_session):
     import mlflow
 
-    from harness import cli, results, tracking
+    from harness import cli, results
+    from harness.results import tracking
 
     path = tmp_path / "e2e.yaml"
     path.write_text(yaml.safe_dump(SMALL))

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cli, embed_cache, models, results, suites
+from harness import cli, models, results, suites
+from harness.evaluation import embed_cache
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_through_ray_the_workers_split_the_shards_and_the_rows_match_in_process(
     share of every set (as training's evaluation does); the rows equal an in-process evaluation's."""
     import json
 
-    from harness import ray_layer
+    from harness.orchestration import ray_layer
 
     torch.manual_seed(1)
     weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")

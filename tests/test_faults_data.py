@@ -18,7 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from harness import config, engine, models, results, runner
+from harness import config, models, results
+from harness.train import engine
+from harness.train import runner
 from harness.data.badsamples import BadDataError
 from harness.data.pipeline import CountedBatches, class_prompt, eval_pipeline, loader, train_pipeline
 from harness.data.shards import check_class_lists, read_manifest, write_dataset, write_manifest
@@ -168,7 +170,7 @@ def test_id_datasets_must_share_one_class_list(tmp_path):
             check_class_lists({"id_train": train, "id_test": other})
 
 
-# ---- whole runs (harness.runner, in this process; no Ray) on a copy of the small world ----
+# ---- whole runs (harness.train.runner, in this process; no Ray) on a copy of the small world ----
 
 @pytest.fixture
 def root(world, tmp_path) -> Path:
@@ -242,7 +244,7 @@ def test_evaluation_refuses_a_bad_sample_unless_allowed_then_counts_it(root, tmp
 
 @pytest.mark.slow
 def test_an_id_set_with_other_classes_is_refused_before_training(root, tmp_path):
-    from harness import prepare
+    from harness.train import prepare
 
     manifest = read_manifest(root / "id_test")
     on_disk = replace(manifest, classnames=manifest.classnames[:-1],

@@ -13,7 +13,9 @@ import pytest
 import torch
 import yaml
 
-from harness import config, engine, models, runner
+from harness import config, models
+from harness.train import engine
+from harness.train import runner
 from harness.config import OptimConfig
 from harness.data.pipeline import CountedBatches, class_prompt, train_pipeline
 from harness.data.shards import read_manifest
@@ -111,7 +113,8 @@ def ray_session():
 def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(root, tmp_path, ray_session):
     import mlflow
 
-    from harness import cli, results, tracking
+    from harness import cli, results
+    from harness.results import tracking
 
     path = tmp_path / "diverge.yaml"
     path.write_text(yaml.safe_dump({**SWEEP, "data": {**SWEEP["data"], "root": str(root)}}))

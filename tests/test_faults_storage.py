@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from harness import config, results, tracking
+from harness import config, results
+from harness.results import tracking
 
 SUMMARY = {"id_accuracy": 0.5, "val_objective": 0.5, "val_id_accuracy": 0.5, "val_auroc": 0.6, "val_fpr95": 0.5,
            "train_s": 1.0, "eval_s": 1.0, "wall_s": 2.0, "world_size": 1, "global_batch": 8,
@@ -129,7 +130,7 @@ def _logged(uri: str, experiment: str) -> pd.DataFrame:
 def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
     """A SQLite store that cannot be created stands in for any store MLflow cannot use; the
     sweep is replayed from Parquet and the run directories into a good one, idempotently."""
-    from harness import driver
+    from harness.orchestration import driver
 
     out = tmp_path / "out"
     cfg = config.load(None, ["tracking.mlflow_uri=sqlite:////proc/no-such-dir/mlflow.db", "name=defer"])
@@ -187,7 +188,7 @@ def _deferred_run(out: Path, method: str, uri: str, sweep: str) -> tuple[str, bo
 def test_deferred_records_of_one_out_never_replace_each_other(tmp_path):
     """Two trains into one --out while MLflow is down (one pending name), and two evaluates at once,
     one of which reaches the store: sync logs every deferred run, each exactly once."""
-    from harness import driver
+    from harness.orchestration import driver
 
     out, down = tmp_path / "out", "sqlite:////proc/no-such-dir/mlflow.db"
     good = f"sqlite:///{tmp_path / 'good.db'}"
@@ -324,7 +325,9 @@ def _malicious(path: Path, marker: Path, wrap) -> Path:
 
 
 def _loaders(tmp_path: Path, marker: Path):
-    from harness import checkpoint, evaluate, models
+    from harness import models
+    from harness.train import checkpoint
+    from harness.evaluation import evaluate
 
     yield "training state", lambda: checkpoint.load(
         _malicious(tmp_path / "ckpt" / checkpoint.STATE_FILE, marker, lambda p: {"model": p, "epoch": 1}).parent)

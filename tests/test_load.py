@@ -33,7 +33,8 @@ LOAD = {
 def test_forty_trials_give_one_row_and_one_mlflow_child_each(world, tmp_path):
     import mlflow
 
-    from harness import results, tracking
+    from harness import results
+    from harness.results import tracking
 
     path = tmp_path / "load.yaml"
     path.write_text(yaml.safe_dump(LOAD))

@@ -64,7 +64,7 @@ def test_the_listing_shows_every_parameter_with_its_default():
 def test_a_search_may_swap_method_name_from_any_base_method():
     # A sweep's trials are its base config plus the searched values: swapping the name must not keep
     # the base method's parameters (flyp's templates would be refused by zero-shot).
-    from harness import ray_layer
+    from harness.orchestration import ray_layer
 
     for base_name, base_cls in methods.REGISTRY.items():
         base = config.load(None, {"method": base_cls.example("/nowhere")})
@@ -78,7 +78,8 @@ def test_a_search_may_swap_method_name_from_any_base_method():
 
 def test_the_zero_shot_baseline_of_any_sweep_records_a_config_that_loads_again():
     # A WiSE-FT sweep over alpha: the baseline must not keep a space naming wise-ft's parameters.
-    from harness import driver, ray_layer
+    from harness.orchestration import driver
+    from harness.orchestration import ray_layer
 
     for name, cls in methods.REGISTRY.items():
         section = cls.example("/nowhere")
@@ -152,7 +153,8 @@ def _base(world: Path, start: Path, tmp: Path) -> dict:
 def ray_methods(world, tmp_path_factory):
     """A private local Ray cluster, random starting weights saved as a file, and a finished FLYP run
     (the source a WiSE-FT run interpolates towards)."""
-    from harness import prepare, ray_layer
+    from harness.train import prepare
+    from harness.orchestration import ray_layer
 
     tmp = tmp_path_factory.mktemp("methods")
     torch.manual_seed(0)
@@ -176,7 +178,7 @@ def ray_methods(world, tmp_path_factory):
 
 
 def _fit(env, section: dict, **overrides):
-    from harness import ray_layer
+    from harness.orchestration import ray_layer
 
     cfg = config.from_dict(env["base"], {"method": section, **overrides})
     summary = ray_layer.fit(ray_layer.Job(cfg, env["inputs"], env["out"]))
@@ -240,7 +242,8 @@ def test_wise_ft_endpoints_are_the_start_and_the_fine_tuned_run(ray_methods):
 def test_a_wise_ft_run_directory_evaluates_to_its_own_rows_from_another_out(ray_methods, tmp_path):
     """WiSE-FT's weights are built (start and source interpolated), not loaded: `harness evaluate` of
     its run directory rebuilds them with the source found beside the run, whatever --out it writes."""
-    from harness import driver, evaluate_weights
+    from harness.orchestration import driver
+    from harness.orchestration import evaluate_weights
 
     cfg, summary, run_dir = _fit(ray_methods, {"name": "wise-ft", "source": ray_methods["flyp"].parent.name,
                                                "alpha": 0.5})
@@ -298,7 +301,7 @@ def _kill_my_worker_after_checkpoints(out: Path, run_id: str, count: int, done, 
 def test_lp_ft_resumes_in_its_second_stage_after_a_killed_worker(ray_methods):
     import threading
 
-    from harness import ray_layer
+    from harness.orchestration import ray_layer
 
     cfg = config.from_dict(ray_methods["base"], {"method": {"name": "lp-ft", "lp_epochs": 1},
                                                  "schedule.epochs": 4, "schedule.keep_checkpoints": 3})

@@ -85,7 +85,8 @@ def test_openai_weights_resolve_from_a_hugging_face_cache_and_load(tmp_path, mon
 
 
 def test_preflight_names_where_the_weights_go_before_any_compute(tmp_path, monkeypatch):
-    from harness import config as config_mod, preflight
+    from harness import config as config_mod
+    from harness.orchestration import preflight
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

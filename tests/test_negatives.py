@@ -47,7 +47,8 @@ def _vocabulary(path, mined: bool):
 
 
 def _text_side(path, csp_path=None):
-    from harness import evaluate, models
+    from harness import models
+    from harness.evaluation import evaluate
     from harness.config import EvalConfig
 
     torch.manual_seed(0)
@@ -83,7 +84,8 @@ def test_csp_pool_from_a_raw_list_or_its_own_file(tmp_path):
 def test_preflight_refuses_csp_over_a_mined_list_before_any_compute(tmp_path):
     from pathlib import Path
 
-    from harness import config as config_mod, preflight
+    from harness import config as config_mod
+    from harness.orchestration import preflight
 
     _vocabulary(tmp_path / "mined.tsv", True)
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"

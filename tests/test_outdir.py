@@ -1,10 +1,11 @@
-"""harness.outdir: an --out directory belongs to one experiment definition; another is refused
+"""harness.results.outdir: an --out directory belongs to one experiment definition; another is refused
 with what differs (exit 2 from the CLI, before any compute) unless --append keeps both, labelled."""
 
 import pytest
 import yaml
 
-from harness import cli, config, outdir
+from harness import cli, config
+from harness.results import outdir
 
 
 def test_the_same_definition_and_points_of_its_space_are_welcome(tmp_path):

@@ -1,8 +1,8 @@
-"""harness.plots: a training-curves figure is written for real epochs rows, and nothing for none."""
+"""harness.report.plots: a training-curves figure is written for real epochs rows, and nothing for none."""
 
 import pandas as pd
 
-from harness import plots
+from harness.report import plots
 
 
 def test_training_curves_draw_one_line_per_run(tmp_path):

@@ -1,6 +1,7 @@
-"""harness.pretrain: the cache key of the pretrained weights (pretraining itself runs in the slow tests)."""
+"""harness.train.pretrain: the cache key of the pretrained weights (pretraining itself runs in the slow tests)."""
 
-from harness import config, pretrain
+from harness import config
+from harness.train import pretrain
 
 
 def test_the_checkpoint_is_keyed_by_arch_pretraining_settings_and_world_not_the_run_seed(tmp_path, monkeypatch):

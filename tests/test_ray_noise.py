@@ -1,10 +1,10 @@
-"""harness.ray_noise: Ray's internal warnings explained once and dropped with their tracebacks;
+"""harness.orchestration.ray_noise: Ray's internal warnings explained once and dropped with their tracebacks;
 plain code that imports without Ray."""
 
 import subprocess
 import sys
 
-from harness import ray_noise
+from harness.orchestration import ray_noise
 
 
 def test_ray_noise_is_explained_once_and_dropped_with_its_traceback():
@@ -28,5 +28,5 @@ def test_a_warning_split_across_two_records_is_dropped_whole():
 
 
 def test_it_needs_no_ray():
-    code = "import sys; sys.modules['ray'] = None; import harness.ray_noise"
+    code = "import sys; sys.modules['ray'] = None; import harness.orchestration.ray_noise"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import config, driver, models, paper, prepare, results, suites
+from harness import config, models, paper, results, suites
+from harness.orchestration import driver
+from harness.train import prepare
 from harness.cli import main
 
 CLASSES = ("n01000001", "n01000002", "n01000003")

@@ -6,7 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cli, config, evaluate, report, report_stats, results, uncertainty
+from harness import cli, config, report, results
+from harness.evaluation import evaluate
+from harness.report import build
+from harness.report import stats as report_stats
+from harness.report import uncertainty
 
 SETS = ("iNaturalist", "SUN", "Places", "Textures")
 # method -> (method section, epochs, how far OoD scores sit below ID: larger = better separation)
@@ -156,7 +160,7 @@ def test_other_scores_are_bootstrapped_for_the_selected_runs_only(mos_out, writt
     # sections have the shown scores' intervals (mcm, neglabel), not msp's (a bootstrap each).
     tables = report_stats.load([mos_out])
     selected = {r["run_id"] for r in report_stats.select_runs(tables.runs).values()}
-    ci = report._intervals(tables, ["mcm", "neglabel"], 50)
+    ci = build._intervals(tables, ["mcm", "neglabel"], 50)
     for run_id in tables.runs["run_id"]:
         have = set(ci.loc[ci["run_id"] == run_id, "score"])
         assert have == ({"mcm", "neglabel", "msp"} if run_id in selected else {"mcm", "neglabel"}), run_id

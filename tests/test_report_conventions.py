@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import config as config_mod, report_conventions
+from harness import config as config_mod
+from harness.report import conventions as report_conventions
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 

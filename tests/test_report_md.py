@@ -1,8 +1,8 @@
-"""harness.report_md: the markdown cells and tables the report is made of."""
+"""harness.report.markdown: the markdown cells and tables the report is made of."""
 
 import math
 
-from harness import report_md
+from harness.report import markdown as report_md
 
 
 def test_cells_give_percentages_and_dashes_for_missing():

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from harness import results_store as store
+from harness.results import store as store
 
 
 def frame(run_id: str, n: int, value: float = 0.5) -> pd.DataFrame:

@@ -1,9 +1,11 @@
-"""harness.score_inputs (what the evaluator provides), CSP's pool, and the evaluator's score plumbing."""
+"""harness.evaluation.score_inputs (what the evaluator provides), CSP's pool, and the evaluator's score plumbing."""
 
 import pytest
 import torch
 
-from harness import evaluate, models, negatives, score_inputs, wordnet
+from harness import models, negatives, wordnet
+from harness.evaluation import evaluate
+from harness.evaluation import score_inputs
 from harness.config import EvalConfig
 from harness.negatives import Candidate
 from harness.scores import SCORE_SPECS, get_score
@@ -65,7 +67,8 @@ def test_csp_selection_drops_person_group_quantity_and_pert():
 
 
 def test_selection_score_must_be_computable_every_epoch():
-    from harness import evaluate_weights, preflight
+    from harness.orchestration import evaluate_weights
+    from harness.orchestration import preflight
 
     preflight.check_selection_score("neglabel")
     for name in ("adaneg", "gl_mcm", "knn", "odin"):

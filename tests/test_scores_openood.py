@@ -172,7 +172,7 @@ def test_harness_scores_lists_every_score_with_inputs_and_defaults(capsys):
 
 
 def test_scores_all_selects_every_registered_score():
-    from harness import evaluate_weights
+    from harness.orchestration import evaluate_weights
 
     overrides = evaluate_weights.score_overrides(["all"])
     assert overrides[0] == "eval.scores=[" + ",".join(sorted(SCORE_SPECS)) + "]"
@@ -181,7 +181,7 @@ def test_scores_all_selects_every_registered_score():
 
 
 def test_a_run_without_id_train_data_skips_the_statistics_scores_saying_why():
-    from harness import score_inputs
+    from harness.evaluation import score_inputs
 
     class NoPatches:
         visual = torch.nn.Identity()
@@ -195,7 +195,7 @@ def test_a_run_without_id_train_data_skips_the_statistics_scores_saying_why():
 
 def test_the_evaluator_hands_a_methods_head_to_the_head_scores():
     # A method with a linear head: the ported scores read its W and b, not the class prompts.
-    from harness import evaluate
+    from harness.evaluation import evaluate
 
     inputs, cfg, raw = case("head")
     w, b = inputs.linear_head

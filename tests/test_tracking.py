@@ -1,4 +1,4 @@
-"""harness.tracking on a real MLflow SQLite store: runs logged live read back through
+"""harness.results.tracking on a real MLflow SQLite store: runs logged live read back through
 mlflow.search_runs with their names, real durations, metric steps, nesting and the parent's
 summary; logging after the fact and again deletes nothing."""
 
@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import config, tracking
+from harness import config
+from harness.results import tracking
 
 
 def _summary(objective: float, epochs: int = 2) -> dict:

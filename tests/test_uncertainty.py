@@ -1,9 +1,10 @@
-"""harness.uncertainty against direct, slow computations: harness.metrics on each materialised resample."""
+"""harness.report.uncertainty against direct, slow computations: harness.metrics on each materialised resample."""
 
 import numpy as np
 import pytest
 
-from harness import metrics, uncertainty
+from harness import metrics
+from harness.report import uncertainty
 
 
 def scores(seed, n, shift, decimals=1):

@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from harness import cli, evaluate, models, negatives, wordnet
+from harness import cli, models, negatives, wordnet
+from harness.evaluation import evaluate
 from harness.config import EvalConfig
 from harness.data.writers import imagenet_classnames
 

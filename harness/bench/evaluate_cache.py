@@ -1,7 +1,7 @@
 """`harness evaluate` of the same weights twice: cold (an empty embedding cache) against warm.
 
 Each candidate is the whole evaluation of a checkpoint as `harness evaluate --weights FILE`
-runs it (harness.evaluate_weights: config, data check, model build, weights digest, the test
+runs it (harness.orchestration.evaluate_weights: config, data check, model build, weights digest, the test
 and validation sets encoded or read back from the shared cache, every score and metric, the
 run's Parquet rows), in this process, into a fresh ``--out`` each time. Cold runs get an empty
 cache directory each; warm runs reuse the one the first cold run filled, so they encode nothing.
@@ -62,7 +62,7 @@ class _Evaluations:
         self.count, self.warm_cache, self.lines = 0, None, []
 
     def _once(self, cache: Path) -> float:
-        from harness import evaluate_weights
+        from harness.orchestration import evaluate_weights
 
         self.count += 1
         started = time.perf_counter()
@@ -141,7 +141,7 @@ def run(ctx: BenchContext) -> Section:
     notes.append(f"Scores {SCORES}, eval.batch_size 64, the small synthetic world "
                  f"({', '.join(f'{k} {v:,}' for k, v in synthetic_counts(small).items())}). "
                  "Warm runs read every set's features and the text side back from the cache "
-                 "(harness.embed_cache, keyed by the weights' digest) and encode nothing; what remains is the "
+                 "(harness.evaluation.embed_cache, keyed by the weights' digest) and encode nothing; what remains is the "
                  "model build, the digest, scoring and the Parquet rows.")
     if not ctx.smoke:
         notes.append(f"{REALISTIC} stands for a real CLIP encoder (224 px, 88 M image-tower parameters; random "

@@ -1,6 +1,6 @@
 """Evaluation: every score from cached embeddings against re-encoding, and NegLabel against torch.mm.
 
-Part one evaluates the way a run does (harness.evaluate): every configured score on
+Part one evaluates the way a run does (harness.evaluation.evaluate): every configured score on
 the ID test set and on every OoD test set, then every metric, once from the embedding
 cache and once encoding the images again with the same model.
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from harness import evaluate, models
+from harness import models
+from harness.evaluation import evaluate
 from harness.bench.common import ARCH, BenchContext, in_child, interleaved, peak_rss_mib, reset_peak, rss_mib, seconds
 from harness.bench.table import Row, Section
 from harness.config import EvalConfig
@@ -114,7 +115,7 @@ def neglabel_vs_mm(ctx: BenchContext, reps: int) -> tuple[list[Row], list[str]]:
         "The working-memory figure varies between runs (199 to 262 MiB at 10x seen here) with glibc's heap: "
         f"the class part of each chunk ({min(chunk, n) * classes * 4 / 2**20:.0f} MiB) is under glibc's "
         "dynamic mmap threshold once it has risen, so it comes from the heap and fragments it (see "
-        "5. memory for the same effect and harness.allocator); the chunked computation itself holds "
+        "5. memory for the same effect and harness.evaluation.allocator); the chunked computation itself holds "
         "one chunk.",
     ]
     if not ctx.full and not ctx.smoke:

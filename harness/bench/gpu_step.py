@@ -8,7 +8,7 @@ warm-up steps, at most ``max_seconds`` of timed steps)::
     python -m harness.bench.gpu_step --json out.json
     python -m harness.bench.gpu_step --no-decode    # the step alone
 
-The step is harness.engine.train_step (the one every run uses) with CMALoss and the
+The step is harness.train.engine.train_step (the one every run uses) with CMALoss and the
 harness's AdamW, on random init and random inputs already on the device: it measures
 the model step alone, not the input pipeline. MFU = analytic model FLOPs per second
 (:func:`forward_flops` x 3 for forward + backward) over the card's dense bf16 peak
@@ -30,7 +30,8 @@ import time
 import open_clip
 import torch
 
-from harness import engine, models  # noqa: F401  (models registers the harness's model configs)
+from harness import models  # noqa: F401  (models registers the harness's model configs)
+from harness.train import engine
 from harness.bench.common import BenchContext
 from harness.bench.table import Row, Section
 from harness.config import OptimConfig

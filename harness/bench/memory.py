@@ -13,7 +13,8 @@ import os
 
 import torch
 
-from harness import evaluate, models
+from harness import models
+from harness.evaluation import evaluate
 from harness.bench.common import ARCH, BenchContext, in_child, peak_rss_mib, reset_peak, rss_mib
 from harness.bench.table import Row, Section
 from harness.bench.training import loop_config
@@ -21,7 +22,7 @@ from harness.config import EvalConfig
 from harness.data.shards import read_manifest
 
 DATA = "id_train"  # the largest ID set: the training stream reads it, evaluation encodes it
-GLIBC_DEFAULTS = {"HARNESS_MALLOC_DEFAULTS": "1"}  # the comparison: harness.allocator leaves glibc's dynamic threshold
+GLIBC_DEFAULTS = {"HARNESS_MALLOC_DEFAULTS": "1"}  # the comparison: harness.evaluation.allocator leaves glibc's dynamic threshold
 
 
 def evaluation(data: str, negatives: str, repeat: int, batch: int) -> dict:
@@ -86,7 +87,7 @@ def run(ctx: BenchContext) -> Section:
         "fragmentation. glibc raises its mmap threshold after the first large free, so each batch's image "
         "tensor (3 MiB at batch 256) comes from the heap, and the small feature tensors kept between batches "
         "pin the heap's top so it cannot shrink; measured repeatedly, that ratio ranges from 1.0 to 1.2 here. "
-        "harness.evaluate.encode_images therefore fixes the threshold at 1 MiB (harness.allocator, mallopt), "
+        "harness.evaluation.evaluate.encode_images therefore fixes the threshold at 1 MiB (harness.evaluation.allocator, mallopt), "
         "so large buffers are mapped and unmapped per batch and the peak stays flat.",
     ]
     return Section("memory", "5. memory vs data size", rows, notes)

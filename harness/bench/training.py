@@ -1,6 +1,6 @@
 """Ray Train overhead: one training loop, run without Ray and as a 1-worker Ray Train run.
 
-The loop is harness.engine's (the one every run uses) over the training stream of
+The loop is harness.train.engine's (the one every run uses) over the training stream of
 harness.data.pipeline, the same model, data, seed and steps in both. Throughput is
 measured inside the loop over the timed steps, after untimed warm-up steps, so Ray's
 fixed start-up cost is reported apart from its cost per step. The plain loop runs
@@ -17,14 +17,15 @@ from pathlib import Path
 
 import torch
 
-from harness import engine, models
+from harness import models
+from harness.train import engine
 from harness.bench.common import ARCH, BenchContext, peak_rss_mib, reset_peak, rss_mib
 from harness.bench.table import Row, Section
 from harness.config import OptimConfig
 from harness.data.pipeline import class_prompt, loader, train_pipeline
 from harness.data.shards import read_manifest
 from harness.losses import CMALoss
-from harness.runner import write_json
+from harness.train.runner import write_json
 
 
 def loop_config(data: Path, result: Path, batch: int, steps: int, warmup: int, threads: int,
@@ -76,7 +77,7 @@ def plain(config: dict) -> dict:
 def under_ray(config: dict, storage: Path) -> tuple[dict, float, float]:
     """The loop as a 1-worker Ray Train run on a fresh local cluster; (metrics, seconds of
     ray.init, seconds of the whole Train run)."""
-    from harness import ray_layer  # the only module that imports ray
+    from harness.orchestration import ray_layer  # the only module that imports ray
 
     cpus = config["threads"]
     start = time.perf_counter()
@@ -116,7 +117,7 @@ def run(ctx: BenchContext) -> Section:
         f"{ARCH}, batch {batch}, {steps} timed steps after {warmup} warm-up steps, {threads} torch threads in "
         f"both; without Ray {before['samples_per_s']:.0f} samples/s before and {after['samples_per_s']:.0f} "
         f"after the Ray run.",
-        "Per step Ray adds nothing to the loop itself (the worker runs harness.engine as is, with rank 0 "
+        "Per step Ray adds nothing to the loop itself (the worker runs harness.train.engine as is, with rank 0 "
         "reporting once per epoch); what it costs is a fixed start-up: starting the local cluster, the "
         f"worker group and torch.distributed ({init_s + fixed:.0f} s here), which a run of minutes amortises.",
         "The stage is bound by the model's step on 2 CPU threads (the input stream runs in the same process "

@@ -12,7 +12,7 @@ A method is a :class:`Method` subclass registered beside its definition with
 - :meth:`Method.forward` + :meth:`Method.objective`: its loss;
 - :meth:`Method.classifier`: the ID classifier it evaluates with (harness.classifier).
 
-The training loop (harness.runner / harness.engine), Ray Train, checkpoints and resume,
+The training loop (harness.train.runner / harness.train.engine), Ray Train, checkpoints and resume,
 gradient accumulation and the bad-sample accounting are the same for every method.
 """
 
@@ -299,7 +299,7 @@ def check_space(base: MethodParams, space: dict[str, ParamSpace]) -> None:
 
 def text_classifier(model, tokenizer: Callable, classnames: Sequence[str], prompt: str, device) -> Classifier:
     """The zero-shot classifier: the class prompts through the model's text encoder, no head."""
-    from harness.evaluate import encode_texts
+    from harness.evaluation.evaluate import encode_texts
 
     features = encode_texts(model, tokenizer, [prompt.format(c) for c in classnames], device=device)
     return Classifier(features, float(model.logit_scale.exp().item()))

@@ -2,7 +2,7 @@
 inputs it needs and how to compute it from what the evaluator provides.
 
 A score declares its inputs by name (:data:`INPUTS`); the evaluator builds only what the
-selected scores declare (harness.evaluate) and hands them over as :class:`ScoreInputs`.
+selected scores declare (harness.evaluation.evaluate) and hands them over as :class:`ScoreInputs`.
 """
 
 from __future__ import annotations

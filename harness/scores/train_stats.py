@@ -2,7 +2,7 @@
 ReAct, DICE), and the linear-head view of a run's classifier (ViM, ReAct, ASH, DICE, SCALE, NNGuide).
 
 :func:`train_statistics` is computed once per weights digest and cached in the embedding cache
-(harness.score_inputs.provide), so a second score that needs class means or a precision pays
+(harness.evaluation.score_inputs.provide), so a second score that needs class means or a precision pays
 nothing. Everything is float64: OpenOOD fits its covariances in float32 (sklearn on
 ``astype(np.float32)``); the ports here keep float64 so that they are equal to the transcribed
 formulas to 1e-9. A class with no ID-train sample is dropped (OpenOOD's mean of an empty class is

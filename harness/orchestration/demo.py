@@ -22,8 +22,8 @@ import pandas as pd
 from harness import config as config_mod
 from harness import methods
 from harness.config import Config
-from harness.report_stats import select_runs
-from harness.tracking import Record
+from harness.report.stats import select_runs
+from harness.results.tracking import Record
 
 
 def _sweep_of(cfg: Config, sections: list[dict], seed: int | None = None) -> Config:

@@ -1,4 +1,4 @@
-"""Markdown for the report: every table, from frames computed by harness.report_stats.
+"""Markdown for the report: every table, from frames computed by harness.report.stats.
 
 Metrics arrive as fractions and are printed in percent (differences in percentage
 points, "pp"). Cells with an interval read ``estimate [low, high]``.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness import gap, methods, uncertainty
+from harness import gap, methods
+from harness.report import uncertainty
 from harness.methods import label as method_label
 
 

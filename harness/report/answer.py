@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness import methods, uncertainty
+from harness import methods
+from harness.report import uncertainty
 from harness.methods import label
-from harness.report_md import ci_cell
-from harness.report_stats import id_accuracy_interval
+from harness.report.markdown import ci_cell
+from harness.report.stats import id_accuracy_interval
 
 
 def _fine_tuned(method: str) -> bool:

@@ -1,8 +1,8 @@
 """The markdown report + PNG plots, from the Parquet tables of one or many results directories
 (never from MLflow).
 
-Composition only: numbers come from harness.report_stats, markdown from harness.report_md,
-figures from harness.plots. The body is deterministic for the same tables (bootstraps are
+Composition only: numbers come from harness.report.stats, markdown from harness.report.markdown,
+figures from harness.report.plots. The body is deterministic for the same tables (bootstraps are
 seeded, PNGs carry no date); one header line carries the date.
 """
 
@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import evaluate, gap, methods, paper, plots, report_answer, report_conventions, uncertainty
-from harness import report_md as md
-from harness import report_stats as stats
-from harness.report_stats import Filters, Tables
+from harness import gap, methods, paper
+from harness.evaluation import evaluate
+from harness.report import plots
+from harness.report import answer as report_answer
+from harness.report import conventions as report_conventions
+from harness.report import uncertainty
+from harness.report import markdown as md
+from harness.report import stats
+from harness.report.stats import Filters, Tables
 
 N_BOOT = 1000
 

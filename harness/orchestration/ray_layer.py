@@ -1,4 +1,4 @@
-"""The Ray layer: a Ray Train worker around harness.runner, and the Tune driver (Ray 2.60, Train V2).
+"""The Ray layer: a Ray Train worker around harness.train.runner, and the Tune driver (Ray 2.60, Train V2).
 
 Only this module imports ray. Training logic lives in runner/engine; this file
 maps Ray's context (rank, device, report, DDP) onto a RunContext, and a search
@@ -29,14 +29,16 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from harness import checkpoint, preflight, ray_noise
-from harness.admission import (Admission, ClusterShape, NodeType, ResourceError, admit, progress,
+from harness.train import checkpoint
+from harness.orchestration import preflight
+from harness.orchestration import ray_noise
+from harness.orchestration.admission import (Admission, ClusterShape, NodeType, ResourceError, admit, progress,
                                workers_now)
 from harness import config as config_mod
 from harness.config import Config
-from harness.engine import RunContext
-from harness.prepare import Inputs
-from harness.runner import FAILED, RESULT, RunPaths, evaluate_only, run, tune_metrics, write_json
+from harness.train.engine import RunContext
+from harness.train.prepare import Inputs
+from harness.train.runner import FAILED, RESULT, RunPaths, evaluate_only, run, tune_metrics, write_json
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +221,7 @@ def evaluate(job: Job, weights: Path | None, extra: dict) -> dict:
 
 
 class RunFailed(RuntimeError):
-    """A run that stopped itself on bad data (harness.runner writes failed.json instead of
+    """A run that stopped itself on bad data (harness.train.runner writes failed.json instead of
     raising, so Ray does not retry what would fail the same way); the message says why."""
 
 
@@ -524,7 +526,7 @@ _TUNE_KEYS = frozenset(ray.tune.result.AUTO_RESULT_KEYS) | {"done", "trial_id", 
 
 
 class _LiveTracking(tune.Callback):
-    """Feeds a tracker (harness.tracking.Live) from Tune's trial events, in the driver process:
+    """Feeds a tracker (harness.results.tracking.Live) from Tune's trial events, in the driver process:
     a run starts, ends an epoch (a result carrying ``epoch``), ends or fails."""
 
     def __init__(self, tracker, cfg: Config, inputs: Inputs, out: Path):
@@ -560,7 +562,7 @@ class _LiveTracking(tune.Callback):
 def sweep(cfg: Config, inputs: Inputs, out: Path, log=print,
           tracker=None) -> list[tuple[Config, dict | None, str, str | None]]:
     """Run (or resume) the search; returns (trial config, summary, status, error) per trial.
-    ``tracker`` (harness.tracking.Live, optional) is told of each trial as it starts, ends an
+    ``tracker`` (harness.results.tracking.Live, optional) is told of each trial as it starts, ends an
     epoch and ends.
 
     status is finished, stopped (early, by ASHA), diverged (non-finite loss: reported to Tune

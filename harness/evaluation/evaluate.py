@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from harness import allocator, metrics, negatives
+from harness import metrics, negatives
+from harness.evaluation import allocator
 from harness.classifier import Classifier
 from harness.config import EvalConfig
 from harness.data.badsamples import BadDataError

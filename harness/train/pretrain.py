@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from harness import engine, models
+from harness import models
+from harness.train import engine
 from harness.config import Config, OptimConfig
 from harness.data.pipeline import CountedBatches, decoded_captions, train_pipeline
 from harness.data.shards import read_manifest

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from harness import config as config_mod
-from harness import results
+from harness.results import store
 from harness.config import Config
 from harness.paths import write_text_atomic
 
@@ -386,7 +386,7 @@ def _update_pending(out: Path, entry_id: str, entry: dict | None) -> None:
     """Set (or with None, remove) one entry, atomically, under the results lock (so concurrent
     sweeps of one --out add and remove only their own)."""
     path = pending_path(out)
-    with results.locked(path.parent):
+    with store.locked(path.parent):
         entries = pending(out)
         if entry is None:
             entries.pop(entry_id, None)

@@ -15,10 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness import config as config_mod
-from harness import demo as demo_plan
-from harness import prepare, ray_layer, report, results, runner, tracking
+from harness.orchestration import demo as demo_plan
+from harness import report, results
+from harness.train import prepare
+from harness.orchestration import ray_layer
+from harness.train import runner
+from harness.results import tracking
 from harness.config import Config
-from harness.engine import RunContext
+from harness.train.engine import RunContext
 
 
 class Timer:
@@ -132,7 +136,7 @@ def sweep(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
 
 def demo(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
          name: str | None = None, only: Sequence[str] | None = None) -> list[tracking.Record]:
-    """Every registered method (or those in ``only``) on ``cfg``'s data (harness.demo has the plan):
+    """Every registered method (or those in ``only``) on ``cfg``'s data (harness.orchestration.demo has the plan):
     the zero-shot baseline, round 1's sweep, then the sweeps that build on round 1's selected runs."""
     name = name or f"{cfg.name}-sweep"
     first = demo_plan.first_round(cfg, only)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import methods, paper, results, uncertainty
+from harness import methods, paper, results
+from harness.report import uncertainty
 
 PAPER_SCORES = ("mcm", "neglabel")
 

@@ -1,7 +1,7 @@
 """The results layer: Parquet tables of runs and metrics, written atomically and idempotently.
 
 Tables (a directory each in a results directory, one Parquet file per run in it, see
-harness.results_store; every row carrying ``schema_version``):
+harness.results.store; every row carrying ``schema_version``):
 
 - ``runs``: one row per run: config, status, timings, validation metrics, ID accuracy.
 - ``ood_metrics``: one row per run x score x OoD test set, every metric of harness.metrics.
@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from harness import config as config_mod
-from harness import gap, methods, paper, results_store
+from harness import gap, methods, paper
+from harness.results import store as results_store
 from harness.config import Config
 from harness.data import badsamples
 
@@ -38,11 +39,10 @@ from harness.data import badsamples
 SCHEMA_VERSION = 4
 RUNS, OOD, EPOCHS, SAMPLES = "runs", "ood_metrics", "epochs", "sample_scores"
 TABLES = (RUNS, OOD, EPOCHS, SAMPLES)
-locked = results_store.locked  # tracking holds it while writing beside the tables
 
 
 def table_path(results_dir: Path, table: str) -> Path:
-    """The directory of ``table``'s files, one per run (harness.results_store)."""
+    """The directory of ``table``'s files, one per run (harness.results.store)."""
     return results_store.table_dir(results_dir, table)
 
 
@@ -107,7 +107,7 @@ def record_run(results_dir: Path, run_id: str, sweep: str, cfg: Config, summary:
 
 
 def _failed_facts(run_dir: Path | None) -> dict | None:
-    failed = run_dir / "failed.json" if run_dir else None  # harness.runner.FAILED (the results layer does not import the trainer)
+    failed = run_dir / "failed.json" if run_dir else None  # harness.train.runner.FAILED (the results layer does not import the trainer)
     return json.loads(failed.read_text()) if failed and failed.is_file() else None
 
 

@@ -4,7 +4,7 @@ A score declares its inputs (harness.scores.INPUTS); :func:`plan` keeps the sele
 whose inputs this run can provide and notes why the others are skipped (a score that does not
 apply to the run's model is a note in the results, not an error). :func:`provide` builds, per
 evaluation set, the model-derived inputs the kept scores need, through the shared embedding
-cache (harness.embed_cache): GL-MCM's per-image patch term, ODIN's per-image score, KNN's bank
+cache (harness.evaluation.embed_cache): GL-MCM's per-image patch term, ODIN's per-image score, KNN's bank
 of ID-train features. Per-image results are cached, never the (N, P, D) patch tokens.
 """
 
@@ -69,13 +69,13 @@ def method_classifier(model, text) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def provide(scores, cache, model, bundle, dataset_dir: Path, text, cfg_eval, device, train_dir: Path | None = None,
             seed: int = 0) -> dict:
-    """The ``provided`` dict of harness.evaluate.compute_scores for one set (model in eval mode)."""
+    """The ``provided`` dict of harness.evaluation.evaluate.compute_scores for one set (model in eval mode)."""
     needs = set().union(*(get_score(n).needs for n in scores)) if scores else set()
     out: dict = {"extra": {}}
     text_key = cache_key_of(text)
     model.eval()
     if "patches" in needs:
-        from harness.patches import global_and_local
+        from harness.evaluation.patches import global_and_local
 
         path = cache.path(dataset_dir, "local_mcm", text=text_key, temperature=cfg_eval.mcm_temperature)
         out["extra"]["local_mcm"] = cache.get_or_build(path, lambda: _per_image(
@@ -98,7 +98,7 @@ def provide(scores, cache, model, bundle, dataset_dir: Path, text, cfg_eval, dev
 
 def train_embeddings(cache, model, bundle, train_dir: Path, cfg_eval, device) -> dict:
     """Every ID-train image's features and label (one cache entry, shared by KNN's bank and train_stats)."""
-    from harness.evaluate import encode_images
+    from harness.evaluation.evaluate import encode_images
 
     manifest = read_manifest(train_dir)
     path = cache.path(train_dir, "features", allow_bad=cfg_eval.allow_bad_samples)
@@ -130,6 +130,6 @@ def train_bank(cache, model, bundle, train_dir: Path, cfg_eval, device, seed: in
 
 
 def cache_key_of(text) -> str:
-    from harness.embed_cache import tensor_digest
+    from harness.evaluation.embed_cache import tensor_digest
 
     return tensor_digest(text.class_features, torch.tensor([text.logit_scale]))

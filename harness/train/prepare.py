@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import models, pretrain
+from harness import models
+from harness.train import pretrain
 from harness.config import Config
 from harness.data import synthetic
 from harness.data.shards import check_class_lists, read_manifest

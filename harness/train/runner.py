@@ -6,7 +6,7 @@ run's outputs into ``run_dir``:
 
 - ``checkpoint/model.pt``: the final weights (state dict, loads with weights_only=True)
 - ``embeddings/<id test set>.pt``: a link to the ID test set's entry in the shared embedding
-  cache (harness.embed_cache: one cache per weights digest, shared by runs and `harness
+  cache (harness.evaluation.embed_cache: one cache per weights digest, shared by runs and `harness
   evaluate`); ``embeddings/text.pt``: the class-prompt and negative-label features (evaluate.TextSide)
 - ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
 - ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings, bad-sample
@@ -32,7 +32,12 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, embed_cache, engine, evaluate, gap, methods, models, negatives, score_inputs
+from harness import gap, methods, models, negatives
+from harness.train import checkpoint
+from harness.evaluation import embed_cache
+from harness.train import engine
+from harness.evaluation import evaluate
+from harness.evaluation import score_inputs
 from harness.config import Config, SearchConfig, run_label
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, loader, train_pipeline
@@ -370,7 +375,7 @@ def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device,
 
 
 def model_cache(cfg: Config, bundle, model, log=print) -> embed_cache.EmbeddingCache:
-    """The shared embedding cache of these weights (harness.embed_cache)."""
+    """The shared embedding cache of these weights (harness.evaluation.embed_cache)."""
     return embed_cache.for_bundle(bundle, model, cfg.model.arch,
                                   models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained), log=log)
 
@@ -387,7 +392,7 @@ def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.Ru
     Each rank encodes the shards ``rank::world_size`` of each set (none when the set
     has fewer shards than ranks), so every sample is encoded exactly once; rank 0
     gathers the parts, in rank order, and stores each set in the shared embedding cache
-    (harness.embed_cache). A set already cached for these weights is read instead (every
+    (harness.evaluation.embed_cache). A set already cached for these weights is read instead (every
     rank checks, so all skip it together). Returns (the embeddings on rank 0, else None;
     samples encoded by each rank).
     """

@@ -10,7 +10,7 @@ The weights ``W`` are one of:
 - a run id, looked up as ``<runs root>/**/runs/<run_id>``.
 
 The evaluation writes what a training run writes (run directory, Parquet rows, MLflow run,
-report section) and goes through the shared embedding cache (harness.embed_cache): evaluating
+report section) and goes through the shared embedding cache (harness.evaluation.embed_cache): evaluating
 the same weights again encodes nothing. ``--suite`` may be given more than once: every set of
 every suite is encoded once (iNaturalist is in both MOS and OpenOOD v1.5), and each suite is
 recorded as its own run, so the report gets one table per suite with the paper's rows beside ours.
@@ -140,7 +140,7 @@ def score_overrides(scores: list[str] | None) -> list[str]:
     else the first one validation can compute; with none such, mcm is added for it."""
     if not scores:
         return []
-    from harness.preflight import SELECTABLE_INPUTS
+    from harness.orchestration.preflight import SELECTABLE_INPUTS
     from harness.scores import SCORE_SPECS
 
     names = list(dict.fromkeys(n for part in scores for n in part.split(",") if n))
@@ -158,7 +158,11 @@ def evaluate(source: Source, out: Path, log=print, address: str | None = None):
     Without ``address`` in this process (no Ray); with one (HOST:PORT, ``auto``, or ``local`` for
     a private local cluster) on resources.num_workers Ray Train workers that split every test
     set's shards, as the end of a training run does."""
-    from harness import driver, engine, prepare, ray_layer, runner
+    from harness.orchestration import driver
+    from harness.train import engine
+    from harness.train import prepare
+    from harness.orchestration import ray_layer
+    from harness.train import runner
 
     cfg = source.cfg
     if address is not None:
