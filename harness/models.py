@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -254,3 +254,12 @@ def encode_text_embeddings(model: torch.nn.Module, embeddings: torch.Tensor, tok
     if clip.text_projection is not None:
         x = clip.text_projection(x) if isinstance(clip.text_projection, torch.nn.Linear) else x @ clip.text_projection
     return torch.nn.functional.normalize(x, dim=-1) if normalize else x
+
+
+def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: int = 512,
+                 device: torch.device | str = "cpu", normalize: bool = True) -> torch.Tensor:
+    """(len(texts), D) float32 text embeddings on the CPU, ``batch_size`` prompts per forward."""
+    model.eval()
+    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=normalize).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)

@@ -74,7 +74,7 @@ def encode_ensembles(model, tokenizer, words: list[str], templates: tuple[str, .
                      batch_size: int = 512) -> torch.Tensor:
     """(len(words), D): each word's mean unnormalised text encoding over ``templates``, L2-normalised
     (CSP's prompt ensembling)."""
-    from harness.evaluation.evaluate import encode_texts
+    from harness.models import encode_texts
 
     raw = encode_texts(model, tokenizer, [t.format(w) for w in words for t in templates], batch_size, device,
                        normalize=False)
@@ -183,7 +183,7 @@ def mine_to_file(candidates: list[Candidate], classnames: list[str], out: str | 
     from datetime import datetime, timezone
 
     from harness import models
-    from harness.evaluation.evaluate import encode_texts
+    from harness.models import encode_texts
 
     weights = models.resolve_weights(arch, pretrained)
     bundle = models.build(arch, weights, quick_gelu=models.needs_quick_gelu(arch, pretrained))

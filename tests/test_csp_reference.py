@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import models, negatives, wordnet
-from harness.evaluation.evaluate import encode_texts
+from harness.models import encode_texts
 from tests import csp_oracle
 
 requires_wordnet = pytest.mark.skipif(not (wordnet.DEFAULT_DIR / "data.noun").is_file(),

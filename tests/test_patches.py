@@ -1,10 +1,10 @@
-"""harness.evaluation.patches: GL-MCM's local features from an open_clip ViT."""
+"""harness.patches: GL-MCM's local features from an open_clip ViT."""
 
 import torch
 import torch.nn.functional as F
 
 from harness import models
-from harness.evaluation.patches import global_and_local
+from harness.patches import global_and_local
 
 
 def test_global_is_the_models_own_and_local_is_the_value_path():

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from harness import metrics, negatives
+from harness import metrics, models, negatives
 from harness.evaluation import allocator
 from harness.classifier import Classifier
 from harness.config import EvalConfig
@@ -117,22 +117,6 @@ def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: i
 
 
 @torch.no_grad()
-def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: int = 512,
-                 device: torch.device | str = "cpu", normalize: bool = True) -> torch.Tensor:
-    model.eval()
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=normalize).float().cpu()
-           for i in range(0, len(texts), batch_size)]
-    return torch.cat(out)
-
-
-def cached_embeddings(cache: Path, encode: Callable[[], Embeddings]) -> Embeddings:
-    if cache.is_file():
-        return Embeddings.load(cache)
-    emb = encode()
-    emb.save(cache)
-    return emb
-
-
 def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: EvalConfig,
                     negatives_path: Path, device: torch.device | str = "cpu", csp_path: Path | None = None,
                     classifier: Classifier | None = None) -> TextSide:
@@ -142,7 +126,7 @@ def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: 
     if "csp" in cfg.scores:  # before any encoding
         negatives.check_csp_source(negatives_path, csp_path)
     if classifier is None:
-        class_features = encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames],
+        class_features = models.encode_texts(model, tokenizer, [cfg.eval_prompt.format(c) for c in classnames],
                                       device=device)
         classifier = Classifier(class_features, float(model.logit_scale.exp().item()))
     class_features = classifier.class_features
@@ -164,7 +148,7 @@ def _mined_pool(model, tokenizer, classnames, cfg: EvalConfig, class_features, c
     file was already mined by `harness negatives`); an ID class name is never a negative."""
     id_words = {c.lower() for c in classnames}
     candidates = [c for c in candidates if c.word.lower() not in id_words]
-    cand_features = encode_texts(model, tokenizer,
+    cand_features = models.encode_texts(model, tokenizer,
                                  negatives.prompts(candidates, cfg.noun_prompt, cfg.adjective_prompt), device=device)
     keep = list(range(len(candidates))) if mined else negatives.mine(
         class_features, cand_features, [c.kind for c in candidates], cfg.neg_percentile, cfg.neg_ratio)

@@ -75,7 +75,7 @@ def provide(scores, cache, model, bundle, dataset_dir: Path, text, cfg_eval, dev
     text_key = cache_key_of(text)
     model.eval()
     if "patches" in needs:
-        from harness.evaluation.patches import global_and_local
+        from harness.patches import global_and_local
 
         path = cache.path(dataset_dir, "local_mcm", text=text_key, temperature=cfg_eval.mcm_temperature)
         out["extra"]["local_mcm"] = cache.get_or_build(path, lambda: _per_image(

@@ -299,7 +299,7 @@ def check_space(base: MethodParams, space: dict[str, ParamSpace]) -> None:
 
 def text_classifier(model, tokenizer: Callable, classnames: Sequence[str], prompt: str, device) -> Classifier:
     """The zero-shot classifier: the class prompts through the model's text encoder, no head."""
-    from harness.evaluation.evaluate import encode_texts
+    from harness.models import encode_texts
 
     features = encode_texts(model, tokenizer, [prompt.format(c) for c in classnames], device=device)
     return Classifier(features, float(model.logit_scale.exp().item()))

@@ -21,7 +21,7 @@ from harness.classifier import Classifier
 from harness.config import MethodParams
 from harness.methods.base import Method, MethodModel, Setup, register
 from harness.methods.head import CrossEntropyObjective
-from harness.evaluation.patches import global_and_local
+from harness.patches import global_and_local
 
 PROMPT = "extra.prompt."
 

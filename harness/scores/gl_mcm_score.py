@@ -1,7 +1,7 @@
 """GL-MCM (Miyai et al. 2023): MCM of the global feature plus lam x the largest local softmax.
 
 Local features are the patch tokens projected into the joint space and L2-normalised; GL-MCM's
-reference code takes them from the last block's value path (harness.evaluation.patches). The evaluator
+reference code takes them from the last block's value path (harness.patches). The evaluator
 caches the per-image patch-level result (:func:`local_mcm`, one float per image) instead of the
 (N, P, D) tokens (~20 GB for ImageNet-val at ViT-B/16).
 """
