@@ -256,6 +256,7 @@ def encode_text_embeddings(model: torch.nn.Module, embeddings: torch.Tensor, tok
     return torch.nn.functional.normalize(x, dim=-1) if normalize else x
 
 
+@torch.no_grad()
 def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: int = 512,
                  device: torch.device | str = "cpu", normalize: bool = True) -> torch.Tensor:
     """(len(texts), D) float32 text embeddings on the CPU, ``batch_size`` prompts per forward."""

@@ -131,3 +131,16 @@ def test_an_openai_style_torchscript_file_in_the_url_cache_loads(tmp_path, monke
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="TorchScript archive without"):
         models.build("ViT-B-16", resolved)
+
+
+def test_encode_texts_batches_like_one_forward_and_keeps_no_graph():
+    # results tables turn these into numpy: a graph attached to them fails a run at record time
+    torch.manual_seed(0)
+    bundle = models.build("tiny-vit-32", None)
+    texts = [f"a photo of a class {i}" for i in range(7)]
+    features = models.encode_texts(bundle.model, bundle.tokenizer, texts, batch_size=3)
+    assert features.shape[0] == 7 and not features.requires_grad
+    assert torch.allclose(features.norm(dim=-1), torch.ones(7), atol=1e-5)
+    with torch.no_grad():
+        whole = bundle.model.encode_text(bundle.tokenizer(texts), normalize=True).float()
+    torch.testing.assert_close(features, whole, atol=1e-5, rtol=1e-5)

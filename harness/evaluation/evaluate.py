@@ -116,7 +116,6 @@ def encode_images(model, urls: Sequence[str], transform: Callable, batch_size: i
     return Embeddings(torch.cat(feats), torch.cat(labels), keys)
 
 
-@torch.no_grad()
 def build_text_side(model, tokenizer: Callable, classnames: Sequence[str], cfg: EvalConfig,
                     negatives_path: Path, device: torch.device | str = "cpu", csp_path: Path | None = None,
                     classifier: Classifier | None = None) -> TextSide:
