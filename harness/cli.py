@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 from harness import config as config_mod
-from harness.results import outdir
-from harness.orchestration import preflight
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "sweeps" / "demo.yaml"
@@ -40,11 +38,10 @@ def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import methods
-
+    # No registry here: importing the methods imports torch, and --help should answer at once.
     parser = argparse.ArgumentParser(
         prog="harness", description="Fine-tune CLIP for out-of-distribution detection and compare methods "
-        f"({', '.join(methods.names())}) fairly: Ray Train runs, Ray Tune sweeps, Parquet tables, MLflow, markdown reports.",
+        "(`harness methods` lists them) fairly: Ray Train runs, Ray Tune sweeps, Parquet tables, MLflow, markdown reports.",
         epilog="Start with `harness demo --out runs/demo`; `harness COMMAND --help` gives a command's options.")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     sub.add_parser("methods", help="every registered method with its parameters and defaults (the method: section)")
@@ -54,15 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="every registered method, compared on the embedded synthetic data (sweeps/demo.yaml; "
                           "the plan comes from the method registry, not the file's search space)")
     _common(demo, needs_config=False)
-    demo.add_argument("--method", dest="demo_methods", action="append", default=[], choices=methods.names(),
-                      help="run only this method's demo entries (repeatable; default: every registered method)")
+    demo.add_argument("--method", dest="demo_methods", action="append", default=[], metavar="METHOD",
+                      help="run only this method's demo entries (repeatable; default: every registered method; "
+                           "`harness methods` lists them)")
     rep = sub.add_parser("report", help="markdown report + plots from one or more results directories")
     rep.add_argument("results_dirs", type=Path, nargs="+", metavar="DIR",
                      help="an --out directory, or its results/ subdirectory (several: one report over all)")
     rep.add_argument("--output", type=Path, default=None,
                      help="markdown file (default with one DIR: <out>/report.md; required with several)")
-    rep.add_argument("--method", action="append", default=[], choices=methods.names(),
-                     help="keep only this method's runs (repeatable)")
+    rep.add_argument("--method", action="append", default=[], metavar="METHOD",
+                     help="keep only this method's runs (repeatable; `harness methods` lists them)")
     rep.add_argument("--score", action="append", default=[], help="keep only this score, e.g. neglabel (repeatable)")
     rep.add_argument("--suite", action="append", default=[], help="keep only this suite, e.g. mos (repeatable)")
     rep.add_argument("--tag", action="append", default=[], help="keep runs whose name or sweep is TAG (repeatable)")
@@ -181,7 +179,10 @@ def _shards_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help ends here, before any heavy import
+    from harness.orchestration import preflight
+    from harness.results import outdir
+
     try:
         if args.command == "report":
             return _report(args)
@@ -212,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(DEMO_CONFIG if args.command == "demo" else args.config,
                               args.overrides + _resource_overrides(args), space=args.space)
         if args.command == "demo":  # its plan comes from the method registry, not the file's search space
+            from harness import methods
             from harness.orchestration import demo as demo_plan
 
+            unknown = [m for m in args.demo_methods if m not in methods.names()]
+            if unknown:
+                raise UsageError(f"--method: unknown method(s) {', '.join(map(repr, unknown))} "
+                                 f"(allowed: {', '.join(methods.names())})")
             try:
                 demo_plan.first_round(cfg, args.demo_methods or None)
             except ValueError as err:
@@ -296,6 +302,8 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_sources(args) -> int:
+    from harness.orchestration import preflight
+
     from harness.orchestration import evaluate_weights as ew
     from harness.suites import SuiteError
 
@@ -378,11 +386,13 @@ class UsageError(ValueError):
 
 
 def _report(args) -> int:
+    from harness.orchestration import preflight
+
     if len(args.results_dirs) > 1 and args.output is None:
         raise UsageError("--output is required when reporting over several directories")
     if args.n_boot < 1:
         raise UsageError(f"--n-boot must be >= 1, got {args.n_boot}")
-    preflight.check_report(args.results_dirs, args.score, args.suite, args.output)
+    preflight.check_report(args.results_dirs, args.score, args.suite, args.output, args.method)
     from harness import report
     from harness.report.stats import Filters, NothingToReport, results_dir
 
@@ -400,6 +410,8 @@ def _report(args) -> int:
 
 
 def _bench(args) -> int:
+    from harness.orchestration import preflight
+
     from harness.bench import run
 
     if args.smoke and args.full:
@@ -415,6 +427,8 @@ def _bench(args) -> int:
 
 
 def _sync_mlflow(args) -> int:
+    from harness.orchestration import preflight
+
     out = args.out.expanduser().resolve()
     if not (out / "results").is_dir():
         raise UsageError(f"--out {out}: no results/ directory there (the --out of a train, sweep or demo)")
@@ -467,6 +481,8 @@ def _shards(args) -> int:
 
 def _negatives(args) -> int:
     """Checks every input before the model is built, then writes the candidates and the mined list."""
+    from harness.orchestration import preflight
+
     from harness import wordnet
     from harness.data import writers
     from harness.negatives import mine_to_file

@@ -17,3 +17,14 @@ def test_help_lists_every_command_and_no_module_docstring(capsys):
     for name in commands:
         assert name in shown
 
+
+
+def test_help_imports_neither_torch_nor_ray():
+    # `harness --help` answers at once: the parser needs no registry (they import torch)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom harness import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'ray', 'open_clip', 'mlflow', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]

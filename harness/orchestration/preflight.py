@@ -12,6 +12,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
 from harness.config import Config
@@ -227,7 +228,14 @@ def registered_cluster() -> str:
     return found
 
 
-def check_report(dirs: list[Path], scores: list[str], suites: list[str], output: Path | None) -> None:
+def check_report(dirs: list[Path], scores: list[str], suites: list[str], output: Path | None,
+                 method_names: Sequence[str] = ()) -> None:
+    from harness import methods
+
+    unknown = [m for m in method_names if m not in methods.names()]
+    if unknown:  # not argparse choices: the registry imports torch, and `harness --help` should not
+        raise PreflightError(f"--method: unknown method(s) {', '.join(map(repr, unknown))} "
+                             f"(allowed: {', '.join(methods.names())})")
     for path in dirs:
         if not Path(path).is_dir():
             raise PreflightError(f"results directory {path}: does not exist")
