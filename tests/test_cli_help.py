@@ -28,3 +28,22 @@ def test_help_imports_neither_torch_nor_ray():
             "print(sorted(m for m in ('torch', 'ray', 'open_clip', 'mlflow', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
+
+
+@pytest.mark.parametrize("argv", [["methods"], ["scores"],
+                                  ["train", "sweeps/demo.yaml", "--set", "method.name=flyp", "--set", "method.lam=0.5"]],
+                         ids=["methods", "scores", "bad-config"])
+def test_listings_and_config_checks_import_no_model_library(argv):
+    # The registries import torch (their modules' code runs on tensors), but listing them or refusing a
+    # config needs neither open_clip (~3 s here) nor Ray, MLflow or pandas.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (f"import sys\nfrom harness import cli\nrc = cli.main({argv!r})\n"
+            "print(rc, sorted(m for m in ('ray', 'open_clip', 'mlflow', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    rc, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert imported == "[]", done.stdout[-500:]
+    assert rc == ("2" if argv[0] == "train" else "0"), done.stdout[-500:] + done.stderr[-500:]

@@ -22,14 +22,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 from pydantic import ValidationError
 
-from harness import models
 from harness.classifier import Classifier
 from harness.config import EvalConfig, MethodParams, ParamSpace
+
+if TYPE_CHECKING:  # open_clip takes ~3 s to import, and `harness methods` needs none of it
+    from harness import models
 
 METHOD_WEIGHTS, METHOD_INFO = "method.pt", "method.json"
 
@@ -320,6 +322,8 @@ def set_trainable(model: torch.nn.Module, prefixes: tuple[str, ...]) -> list[str
 def save(model: MethodModel, directory: Path) -> Path:
     """The final checkpoint: ``model.pt`` (the CLIP alone, loadable as model.pretrained),
     ``method.pt`` (what the method added) and ``method.json`` (which method, with its parameters)."""
+    from harness import models
+
     directory.mkdir(parents=True, exist_ok=True)
     path = models.save_weights(model, directory / "model.pt")
     extra = {k: v.detach().cpu() for k, v in model.extra.state_dict().items()}

@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from harness import models
 from harness.classifier import Classifier
 from harness.config import MethodParams
 from harness.methods.base import Method, MethodModel, Setup, register
@@ -44,6 +43,8 @@ class PromptContext(torch.nn.Module):
 
     def class_features(self, model: MethodModel) -> torch.Tensor:
         """(K, D) L2-normalised text features of the learned prompts (gradients to ``ctx``)."""
+        from harness import models  # here, not at the top: the registry is listed without open_clip
+
         k = self.tokens.shape[0]
         sequence = torch.cat([self.prefix, self.ctx.unsqueeze(0).expand(k, -1, -1).to(self.prefix.dtype),
                               self.suffix], dim=1)
