@@ -23,6 +23,7 @@ from harness.report import conventions as report_conventions
 from harness.report import uncertainty
 from harness.report import markdown as md
 from harness.report import stats
+from harness.report.interval_cache import Bootstraps, default_root
 from harness.report.stats import Filters, Tables
 
 N_BOOT = 1000
@@ -46,6 +47,13 @@ def _arrays(tables: Tables, chosen: dict[str, pd.Series], scores: list[str]) -> 
     return out
 
 
+def _lambda_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs with a λ: FLYP and CMA, every seed; the zero-shot run drawn beside them) among
+    finished ``runs``: what the λ-sweep figure plots, so also what _intervals bootstraps for it."""
+    done = runs[runs["status"] == "finished"]
+    return done[done["lam"].notna()], done[done["method"] == "zero-shot"].sort_values("run_id").head(1)
+
+
 def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores: list[str], path: Path) -> bool:
     if ci.empty:
         return False
@@ -53,9 +61,8 @@ def _lambda_plot(runs: pd.DataFrame, ood: pd.DataFrame, ci: pd.DataFrame, scores
     bounds = [stats.id_accuracy_interval(r, ood) or (r["id_accuracy"], r["id_accuracy"]) for _, r in done.iterrows()]
     done = done.assign(acc_low=[b[0] for b in bounds], acc_high=[b[1] for b in bounds])
     avg = ci[(ci["dataset"] == uncertainty.AVERAGE) & ci["score"].isin(scores)]
-    trained = done[done["lam"].notna()]  # the methods with a λ (FLYP, CMA)
+    trained, zero = _lambda_runs(done)
     trained = trained[["run_id", "lam", "id_accuracy", "acc_low", "acc_high"]]
-    zero = done[done["method"] == "zero-shot"].sort_values("run_id").head(1)
     zero = zero[["run_id", "id_accuracy"]].merge(avg, on="run_id")
     return plots.lambda_sweep(trained, avg[avg["run_id"].isin(trained["run_id"])], zero, path)
 
@@ -210,12 +217,12 @@ def _gap_section(runs: pd.DataFrame, chosen: dict[str, pd.Series], png: Path) ->
 
 
 def _suite_sections(tables: Tables, suite: str, scores: list[str], ci: pd.DataFrame, out_md: Path,
-                    suffix: str, n_boot: int) -> tuple[list[str], list[str]]:
+                    suffix: str, n_boot: int, boot: Bootstraps | None = None) -> tuple[list[str], list[str]]:
     """(the suite's answer lines, for the report's opening; the rest of its sections)."""
     runs = tables.runs[tables.runs["suite"] == suite]
     ood = tables.ood[tables.ood["run_id"].isin(runs["run_id"])] if not tables.ood.empty else tables.ood
     chosen = stats.select_runs(runs)
-    diffs = stats.paired_differences(tables, chosen, scores, n_boot)
+    diffs = stats.paired_differences(tables, chosen, scores, n_boot, boot=boot)
     answer = report_answer.section(chosen, ci, ood, diffs, scores)
     lines = ["## Main table (FPR95 ID-positive / AUROC, percent, 95% bootstrap CI)",
              "FLYP is λ = 0; CMA is the λ > 0 run with the best validation objective (mean of ID-val accuracy "
@@ -274,13 +281,18 @@ def _common_sections(tables: Tables, out_md: Path) -> list[str]:
     return lines + ["## Every run", md.trials_table(tables.runs, tables.ood), ""]
 
 
-def _intervals(tables: Tables, shown: list[str], n_boot: int) -> pd.DataFrame:
-    """Intervals of the shown scores for every run, of every other score only for the runs the report
-    selects (one per method and suite, the only runs its tables show those scores for): a bootstrap per
-    run and score is most of the report's time, and 21 scores x every run doubled it on the demo."""
-    selected = {run["run_id"] for suite in tables.runs["suite"].unique()
-                for run in stats.select_runs(tables.runs[tables.runs["suite"] == suite]).values()}
-    return stats.intervals(tables, tables.runs, n_boot, keep=lambda run_id, score: score in shown or run_id in selected)
+def _intervals(tables: Tables, shown: list[str], n_boot: int, boot: Bootstraps | None = None) -> pd.DataFrame:
+    """Intervals of only what the report prints with one: every score of the runs it selects (one per
+    method and suite: the main table, the table of every other score, the answers), and the shown
+    scores of the λ-sweep figure's runs (FLYP and CMA at every λ and seed, zero-shot). A bootstrap per
+    run and score is most of the report's time; the other runs' sections print point estimates."""
+    selected, swept = set(), set()
+    for suite in tables.runs["suite"].unique():
+        runs = tables.runs[tables.runs["suite"] == suite]
+        selected |= {run["run_id"] for run in stats.select_runs(runs).values()}
+        swept |= {rid for part in _lambda_runs(runs) for rid in part["run_id"]}
+    return stats.intervals(tables, tables.runs, n_boot, boot=boot,
+                           keep=lambda run_id, score: run_id in selected or (score in shown and run_id in swept))
 
 
 def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD detection report", notes: str = "",
@@ -295,14 +307,17 @@ def write(results_dirs: Path | Sequence[Path], out_md: Path, title: str = "OoD d
     if tables.runs.empty:
         raise stats.NothingToReport(f"no runs left after the filters ({filters.describe()})")
     scores, suites = _scores(tables, filters), sorted(tables.runs["suite"].unique())
-    ci = _intervals(tables, scores, n_boot)
+    # One Bootstraps for the whole report: paired differences reuse the replicates of the runs'
+    # own intervals, and every result is kept on disk by the digest of its inputs.
+    boot = Bootstraps(default_root())
+    ci = _intervals(tables, scores, n_boot, boot)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     sources = ", ".join(f"`{_shown_path(stats.results_dir(Path(d)), out_md.parent)}`" for d in dirs)
     bodies = {}
     answers = [f"# {title}", f"_Generated {time.strftime('%Y-%m-%d')}._", ""]
     for suite in suites:
         suffix = f"-{suite}" if len(suites) > 1 else ""
-        answer, bodies[suite] = _suite_sections(tables, suite, scores, ci, out_md, suffix, n_boot)
+        answer, bodies[suite] = _suite_sections(tables, suite, scores, ci, out_md, suffix, n_boot, boot)
         answers += ([f"**Suite {suite}**", ""] if len(suites) > 1 and answer else []) + answer
     sections = answers + [
                 f"Read {sources}: {len(tables.runs)} runs, suites {', '.join(suites)}; filters: "

@@ -211,6 +211,9 @@ def run_section(run: pd.Series, ci: pd.DataFrame, ood: pd.DataFrame, accelerator
                 for (score, dataset), group in ci[ci["run_id"] == run["run_id"]].groupby(["score", "dataset"],
                                                                                         sort=False)]
         lines += [table(["score", "OoD set"] + [f"{t} % [95% CI]" for t in METRIC_TITLE.values()], rows), ""]
+    elif not mine.empty:  # a run the report prints no interval for is not bootstrapped: its point estimates
+        rows = [[r["score"], r["dataset"]] + [pct(r[m]) for m in METRIC_TITLE] for _, r in mine.iterrows()]
+        lines += [table(["score", "OoD set"] + [f"{t} %" for t in METRIC_TITLE.values()], rows), ""]
     gaps = [f"{m} {_num(run.get(f'gap_{m}'))}" for m in gap.MEASURES if f"gap_{m}" in run]
     lines += ["Modality gap (ID test): " + ", ".join(gaps) if gaps else "", "",
               f"Cost: wall {_num(run['wall_s'], '{:.0f}')} s, train {_num(run['train_s'], '{:.0f}')} s, "

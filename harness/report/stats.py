@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness import methods, paper, results
 from harness.report import uncertainty
+from harness.report.interval_cache import Bootstraps
 
 PAPER_SCORES = ("mcm", "neglabel")
 
@@ -162,12 +163,15 @@ def score_arrays(samples: pd.DataFrame, run: pd.Series, score: str) -> tuple[pd.
 
 
 def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0,
-              keep: Callable[[str, str], bool] | None = None) -> pd.DataFrame:
+              keep: Callable[[str, str], bool] | None = None, boot: Bootstraps | None = None) -> pd.DataFrame:
     """Bootstrap intervals of every (run, score, OoD set or "avg", metric) with per-sample scores
-    (``keep(run_id, score)``: only those pairs).
+    (``keep(run_id, score)``: only those pairs). ``boot``: where replicates and intervals are
+    shared and cached (default: this call only). Every item is seeded with ``seed`` itself, not
+    by its position, so which items are kept changes no interval.
 
     Columns: run_id, score, dataset, metric, estimate, low, high (fractions).
     """
+    boot = boot or Bootstraps()
     rows = []
     if tables.samples.empty:
         return pd.DataFrame(rows)
@@ -178,8 +182,8 @@ def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0,
             id_scores, ood_sets = score_arrays(tables.samples, run, score)
             if id_scores.empty or not ood_sets:
                 continue
-            found = uncertainty.bootstrap(id_scores.to_numpy(), {k: v.to_numpy() for k, v in ood_sets.items()},
-                                          n_boot, seed)
+            found = boot.bootstrap(id_scores.to_numpy(), {k: v.to_numpy() for k, v in ood_sets.items()},
+                                   n_boot, seed)
             rows += [{"run_id": run["run_id"], "score": score, "dataset": dataset, "metric": metric,
                       "estimate": iv.estimate, "low": iv.low, "high": iv.high}
                      for dataset, by_metric in found.items() for metric, iv in by_metric.items()]
@@ -187,12 +191,14 @@ def intervals(tables: Tables, runs: pd.DataFrame, n_boot: int, seed: int = 0,
 
 
 def paired_differences(tables: Tables, chosen: dict[str, pd.Series], scores: Sequence[str], n_boot: int,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, boot: Bootstraps | None = None) -> pd.DataFrame:
     """Paired bootstrap of a − b for each of :func:`comparisons` of the chosen runs.
 
     Samples are matched by (dataset, key); only keys present in both runs enter. Columns:
-    a, b, score, dataset, metric, estimate, low, high (fractions), n_id, n_ood.
+    a, b, score, dataset, metric, estimate, low, high (fractions), n_id, n_ood. ``boot``: shared
+    with :func:`intervals`, a side whose arrays were bootstrapped already is not resampled again.
     """
+    boot = boot or Bootstraps()
     rows = []
     for a, b in comparisons(list(chosen)):
         if tables.samples.empty:
@@ -205,9 +211,9 @@ def paired_differences(tables: Tables, chosen: dict[str, pd.Series], scores: Seq
             keys = {d: sets_a[d].index.intersection(sets_b[d].index) for d in common}
             if ids.empty or not common or any(k.empty for k in keys.values()):
                 continue
-            found = uncertainty.paired((id_a[ids].to_numpy(), {d: sets_a[d][keys[d]].to_numpy() for d in common}),
-                                       (id_b[ids].to_numpy(), {d: sets_b[d][keys[d]].to_numpy() for d in common}),
-                                       n_boot, seed)
+            found = boot.paired((id_a[ids].to_numpy(), {d: sets_a[d][keys[d]].to_numpy() for d in common}),
+                                (id_b[ids].to_numpy(), {d: sets_b[d][keys[d]].to_numpy() for d in common}),
+                                n_boot, seed)
             for dataset, by_metric in found.items():
                 n_ood = sum(len(k) for k in keys.values()) if dataset == uncertainty.AVERAGE else len(keys[dataset])
                 rows += [{"a": a, "b": b, "score": score, "dataset": dataset, "metric": metric,
