@@ -88,6 +88,15 @@ class Bootstraps:
                 pass
         return path, None
 
+    def _lookup(self, kind: str, *parts) -> tuple[Path | None, dict | None]:
+        """(where the result of ``kind`` over ``parts`` is kept, the result when it is there); a miss
+        is recorded in ``computed``."""
+        key = hashlib.sha256(":".join(str(p) for p in (FORMAT, kind, *parts)).encode()).hexdigest()
+        path, found = self._stored(kind, key)
+        if found is None:
+            self.computed.append((kind, key))
+        return path, found
+
     def _keep(self, path: Path | None, found) -> None:
         if path is not None:
             write_text_atomic(path, _encode(found))
@@ -95,11 +104,9 @@ class Bootstraps:
     def bootstrap(self, id_scores, ood_sets: Mapping[str, object], n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict[str, dict[str, Interval]]:
         side = _side_digest(id_scores, ood_sets)
-        key = hashlib.sha256(f"{FORMAT}:bootstrap:{side}:{n_boot}:{seed}:{level!r}".encode()).hexdigest()
-        path, found = self._stored("bootstrap", key)
+        path, found = self._lookup("bootstrap", side, n_boot, seed, level)
         if found is not None:
             return found
-        self.computed.append(("bootstrap", key))
         reps = self._replicates(side, id_scores, ood_sets, n_boot, seed)
         full = uncertainty._estimates(id_scores, ood_sets)
         found = {name: {m: uncertainty.interval(reps[name][m], full[name][m], level) for m in uncertainty.METRICS}
@@ -116,11 +123,9 @@ class Bootstraps:
             raise ValueError("paired bootstrap needs the same samples for both methods (same OoD sets and sizes)")
         sets_b = {k: sets_b[k] for k in sets_a}
         side_a, side_b = _side_digest(id_a, sets_a), _side_digest(id_b, sets_b)
-        key = hashlib.sha256(f"{FORMAT}:paired:{side_a}:{side_b}:{n_boot}:{seed}:{level!r}".encode()).hexdigest()
-        path, found = self._stored("paired", key)
+        path, found = self._lookup("paired", side_a, side_b, n_boot, seed, level)
         if found is not None:
             return found
-        self.computed.append(("paired", key))
         reps_a = self._replicates(side_a, id_a, sets_a, n_boot, seed)
         reps_b = self._replicates(side_b, id_b, sets_b, n_boot, seed)
         full_a, full_b = uncertainty._estimates(id_a, sets_a), uncertainty._estimates(id_b, sets_b)
