@@ -488,19 +488,27 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def flatten(cfg: Config) -> dict[str, Any]:
-    """Dotted-key view of the config (for MLflow params and Parquet columns)."""
+def dotted(tree: dict, whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Dotted-key view of a nested mapping: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty mapping and
+    a key in ``whole`` (e.g. ``search.space``, compared as one value) stay single values."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
+        if isinstance(node, dict) and node and prefix not in whole:
             for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else key, value)
+                walk(f"{prefix}.{key}", value)
         else:
-            out[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else node
+            out[prefix] = node
 
-    walk("", cfg.model_dump(mode="json", exclude={"search"}))
+    for key, value in tree.items():
+        walk(str(key), value)
     return out
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted-key view of the config (for MLflow params and Parquet columns): lists and mappings as JSON."""
+    flat = dotted(cfg.model_dump(mode="json", exclude={"search"}))
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}
 
 
 # What a run's label names besides its method when nothing is searched (e.g. `harness train`).

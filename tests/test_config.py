@@ -161,6 +161,12 @@ def test_flatten_gives_dotted_scalars():
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
 
 
+def test_dotted_keeps_empty_mappings_and_whole_keys_as_one_value():
+    tree = {"a": {"b": 1, "c": {"d": [2]}}, "e": {}, "search": {"space": {"x": {"grid": [1]}}, "n": 3}}
+    assert config.dotted(tree) == {"a.b": 1, "a.c.d": [2], "e": {}, "search.space.x.grid": [1], "search.n": 3}
+    assert config.dotted(tree, whole=("search.space",))["search.space"] == {"x": {"grid": [1]}}
+
+
 def test_eval_scores_all_is_every_registered_score():
     from harness.scores import SCORE_SPECS
 

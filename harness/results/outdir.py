@@ -29,19 +29,8 @@ class OutDirTaken(ValueError):
 def definition(cfg: Config) -> dict[str, Any]:
     """The parts of ``cfg`` that make it this experiment, as dotted keys (JSON values)."""
     tree = cfg.model_dump(mode="json", exclude={"tracking", "resources"})
-    flat = _flatten(tree)
+    flat = config_mod.dotted(tree, whole=("search.space",))
     return {k: v for k, v in flat.items() if not config_mod.is_searched(k, cfg.search.space)}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value and dotted != "search.space":
-            out.update(_flatten(value, f"{dotted}."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def differences(there: dict[str, Any], here: dict[str, Any]) -> list[str]:
