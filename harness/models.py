@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import open_clip
 import torch
 
+from harness.paths import torch_save_atomic
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
@@ -218,12 +220,7 @@ def _cached_pretrained_file(arch: str, tag: str) -> str | None:
 def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
     """Write the CLIP's state dict atomically (temp + rename); loadable with weights_only=True and as
     ``model.pretrained`` (a method's additions, e.g. a head, are saved beside it by harness.methods)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in clip_of(model).state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save_atomic({k: v.detach().cpu() for k, v in clip_of(model).state_dict().items()}, path)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

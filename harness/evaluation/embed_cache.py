@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from harness.paths import cache_dir, write_text_atomic
+from harness.paths import cache_dir, write_atomic, write_text_atomic
 
 DIGEST_SUFFIX = ".sha256"
 # A build's temp files, ``.<entry>.tmp<pid>`` and ``.<entry>.sha256.tmp<pid>``: group 1 is the entry's name.
@@ -129,9 +129,7 @@ def write_entry(path: Path, value: object) -> None:
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)  # again: a prune may have removed an empty folder
     write_text_atomic(digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 class EmbeddingCache:

@@ -6,7 +6,6 @@ Embedding caches are keyed by dataset and by the weights that produced them
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +18,7 @@ from harness.classifier import Classifier
 from harness.config import EvalConfig
 from harness.data.badsamples import BadDataError
 from harness.data.pipeline import eval_pipeline
+from harness.paths import torch_save_atomic
 from harness.scores import ScoreInputs, get_score
 
 
@@ -38,10 +38,7 @@ class Embeddings:
         return cls(data["features"], data["labels"], list(data["keys"]))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(self.as_dict(), tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(self.as_dict(), path)
 
     @classmethod
     def load(cls, path: Path) -> "Embeddings":
@@ -87,10 +84,7 @@ class TextSide:
                    data.get("head_bias"), data.get("csp_features"))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(self.as_dict(), tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(self.as_dict(), path)
 
     @classmethod
     def load(cls, path: Path) -> "TextSide":

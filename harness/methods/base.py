@@ -19,7 +19,6 @@ gradient accumulation and the bad-sample accounting are the same for every metho
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
@@ -327,10 +326,9 @@ def save(model: MethodModel, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = models.save_weights(model, directory / "model.pt")
     extra = {k: v.detach().cpu() for k, v in model.extra.state_dict().items()}
-    tmp = directory / f".{METHOD_WEIGHTS}.tmp{os.getpid()}"
-    torch.save(extra, tmp)
-    os.replace(tmp, directory / METHOD_WEIGHTS)
-    from harness.paths import write_text_atomic
+    from harness.paths import torch_save_atomic, write_text_atomic
+
+    torch_save_atomic(extra, directory / METHOD_WEIGHTS)
 
     write_text_atomic(directory / METHOD_INFO, json.dumps(minimal(model._method.params), sort_keys=True))
     return path

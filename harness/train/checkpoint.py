@@ -6,13 +6,13 @@ never arbitrary pickles.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import torch
 
 from harness.models import unwrap
+from harness.paths import torch_save_atomic
 
 STATE_FILE = "train_state.pt"
 
@@ -34,9 +34,7 @@ def save(directory: Path, model, optimizer, scheduler, epoch: int, step: int, hi
         "torch_rng": torch.get_rng_state(),
         "python_rng": list(random.getstate()[1]),
     }
-    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, directory / STATE_FILE)
+    torch_save_atomic(state, directory / STATE_FILE)
     return directory
 
 
