@@ -14,7 +14,8 @@ the baseline of most). And a warm re-render (same samples, another --out or a se
   this module's FORMAT. Any changed sample, size, set or setting is another digest, so a
   stale interval can never be returned; a hit is the float64 values written, bit-identical.
 
-The arithmetic is uncertainty's own (replicates, _with_average, _estimates, interval), so a
+The arithmetic is uncertainty's own (replicates, _with_average, _estimates, intervals_of,
+difference_intervals; aligned_pair checks a pair), so a
 cached or shared interval equals uncertainty.bootstrap / uncertainty.paired exactly.
 """
 
@@ -108,28 +109,21 @@ class Bootstraps:
         if found is not None:
             return found
         reps = self._replicates(side, id_scores, ood_sets, n_boot, seed)
-        full = uncertainty._estimates(id_scores, ood_sets)
-        found = {name: {m: uncertainty.interval(reps[name][m], full[name][m], level) for m in uncertainty.METRICS}
-                 for name in reps}
+        found = uncertainty.intervals_of(reps, uncertainty._estimates(id_scores, ood_sets), level)
         self._keep(path, found)
         return found
 
     def paired(self, a: tuple[object, Mapping[str, object]], b: tuple[object, Mapping[str, object]],
                n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict[str, Interval]]:
-        (id_a, sets_a), (id_b, sets_b) = a, b
-        sizes_a = [len(id_a)] + [len(sets_a[k]) for k in sets_a]
-        sizes_b = [len(id_b)] + [len(sets_b[k]) for k in sets_a] if set(sets_a) == set(sets_b) else None
-        if sizes_a != sizes_b:
-            raise ValueError("paired bootstrap needs the same samples for both methods (same OoD sets and sizes)")
-        sets_b = {k: sets_b[k] for k in sets_a}
+        (id_a, sets_a), (id_b, _) = a, b
+        sets_b = uncertainty.aligned_pair(a, b)
         side_a, side_b = _side_digest(id_a, sets_a), _side_digest(id_b, sets_b)
         path, found = self._lookup("paired", side_a, side_b, n_boot, seed, level)
         if found is not None:
             return found
         reps_a = self._replicates(side_a, id_a, sets_a, n_boot, seed)
         reps_b = self._replicates(side_b, id_b, sets_b, n_boot, seed)
-        full_a, full_b = uncertainty._estimates(id_a, sets_a), uncertainty._estimates(id_b, sets_b)
-        found = {name: {m: uncertainty.interval(reps_a[name][m] - reps_b[name][m], full_a[name][m] - full_b[name][m],
-                                                level) for m in uncertainty.METRICS} for name in reps_a}
+        found = uncertainty.difference_intervals(reps_a, reps_b, uncertainty._estimates(id_a, sets_a),
+                                                 uncertainty._estimates(id_b, sets_b), level)
         self._keep(path, found)
         return found

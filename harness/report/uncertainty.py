@@ -142,8 +142,29 @@ def bootstrap(id_scores, ood_sets: Mapping[str, object], n_boot: int = 1000, see
               level: float = 0.95) -> dict[str, dict[str, Interval]]:
     """{OoD set or "avg": {metric: Interval}} for one method; "avg" is the unweighted mean over sets."""
     reps = _with_average(replicates(id_scores, ood_sets, n_boot, seed))
-    full = _estimates(id_scores, ood_sets)
+    return intervals_of(reps, _estimates(id_scores, ood_sets), level)
+
+
+def intervals_of(reps: dict, full: dict, level: float) -> dict[str, dict[str, Interval]]:
+    """{set: {metric: Interval}} from the replicates (with "avg") and the full-sample estimates."""
     return {name: {m: interval(reps[name][m], full[name][m], level) for m in METRICS} for name in reps}
+
+
+def aligned_pair(a: tuple[object, Mapping[str, object]], b: tuple[object, Mapping[str, object]]) -> dict:
+    """``b``'s OoD sets in ``a``'s order; ValueError unless both have the same sets and sizes."""
+    (id_a, sets_a), (id_b, sets_b) = a, b
+    sizes_a = [len(id_a)] + [len(sets_a[k]) for k in sets_a]
+    sizes_b = [len(id_b)] + [len(sets_b[k]) for k in sets_a] if set(sets_a) == set(sets_b) else None
+    if sizes_a != sizes_b:
+        raise ValueError("paired bootstrap needs the same samples for both methods (same OoD sets and sizes)")
+    return {k: sets_b[k] for k in sets_a}
+
+
+def difference_intervals(reps_a: dict, reps_b: dict, full_a: dict, full_b: dict,
+                         level: float) -> dict[str, dict[str, Interval]]:
+    """{set: {metric: Interval of a − b}} from both sides' replicates (the same draws) and estimates."""
+    return {name: {m: interval(reps_a[name][m] - reps_b[name][m], full_a[name][m] - full_b[name][m], level)
+                   for m in METRICS} for name in reps_a}
 
 
 def paired(a: tuple[object, Mapping[str, object]], b: tuple[object, Mapping[str, object]], n_boot: int = 1000,
@@ -153,16 +174,11 @@ def paired(a: tuple[object, Mapping[str, object]], b: tuple[object, Mapping[str,
     ``a`` and ``b`` are (ID scores, {OoD set: scores}) with the samples in the same order
     (the caller aligns them by sample key); sizes must agree.
     """
-    (id_a, sets_a), (id_b, sets_b) = a, b
-    sizes_a = [len(id_a)] + [len(sets_a[k]) for k in sets_a]
-    sizes_b = [len(id_b)] + [len(sets_b[k]) for k in sets_a] if set(sets_a) == set(sets_b) else None
-    if sizes_a != sizes_b:
-        raise ValueError("paired bootstrap needs the same samples for both methods (same OoD sets and sizes)")
+    (id_a, sets_a), (id_b, _) = a, b
+    sets_b = aligned_pair(a, b)
     reps_a = _with_average(replicates(id_a, sets_a, n_boot, seed))
-    reps_b = _with_average(replicates(id_b, {k: sets_b[k] for k in sets_a}, n_boot, seed))
-    full_a, full_b = _estimates(id_a, sets_a), _estimates(id_b, sets_b)
-    return {name: {m: interval(reps_a[name][m] - reps_b[name][m], full_a[name][m] - full_b[name][m], level)
-                   for m in METRICS} for name in reps_a}
+    reps_b = _with_average(replicates(id_b, sets_b, n_boot, seed))
+    return difference_intervals(reps_a, reps_b, _estimates(id_a, sets_a), _estimates(id_b, sets_b), level)
 
 
 def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
