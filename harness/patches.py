@@ -10,17 +10,20 @@ the one patch-level path: the evaluator's ``patches`` input (GL-MCM) and LoCoOp'
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from harness.lazy import torch
 
 
 class NoPatchTokens(ValueError):
     """The model's image tower is not a ViT with patch tokens (e.g. a ResNet)."""
 
 
-@torch.no_grad()
 def global_and_local(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) pooled and (N, P, D) patch features, both L2-normalised."""
+    """(N, D) pooled and (N, P, D) patch features, both L2-normalised, without autograd."""
+    with torch.no_grad():  # here, not as a decorator: that would import torch with the registry
+        return _global_and_local(model, images)
+
+
+def _global_and_local(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     visual = model.visual
     if not hasattr(visual, "_embeds") or not hasattr(visual, "transformer"):
         raise NoPatchTokens(f"{type(visual).__name__} has no patch tokens (GL-MCM needs a ViT)")
@@ -36,7 +39,7 @@ def global_and_local(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.T
     local = _value_path(last, x)
     local = visual.ln_post(_seq_first(local, batch_first)[:, 1:])
     local = local @ visual.proj if visual.proj is not None else local
-    return F.normalize(pooled.float(), dim=-1), F.normalize(local.float(), dim=-1)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1), torch.nn.functional.normalize(local.float(), dim=-1)
 
 
 def _seq_first(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -47,7 +50,7 @@ def _value_path(block, x: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     width = x.shape[-1]
     y = block.ln_1(x)
-    value = F.linear(y, attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
-    value = F.linear(value, attn.out_proj.weight, attn.out_proj.bias)
+    value = torch.nn.functional.linear(y, attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    value = torch.nn.functional.linear(value, attn.out_proj.weight, attn.out_proj.bias)
     out = x + block.ls_1(value)
     return out + block.ls_2(block.mlp(block.ln_2(out)))

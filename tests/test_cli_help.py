@@ -20,7 +20,7 @@ def test_help_lists_every_command_and_no_module_docstring(capsys):
 
 
 def test_help_imports_neither_torch_nor_ray():
-    # `harness --help` answers at once: the parser needs no registry (they import torch)
+    # `harness --help` answers at once: the parser needs no registry
     import subprocess
     import sys
 
@@ -34,16 +34,27 @@ def test_help_imports_neither_torch_nor_ray():
                                   ["train", "sweeps/demo.yaml", "--set", "method.name=flyp", "--set", "method.lam=0.5"]],
                          ids=["methods", "scores", "bad-config"])
 def test_listings_and_config_checks_import_no_model_library(argv):
-    # The registries import torch (their modules' code runs on tensors), but listing them or refusing a
-    # config needs neither open_clip (~3 s here) nor Ray, MLflow or pandas.
+    # Listing the registries or refusing a config runs no method or score: it imports neither torch
+    # (>1 s here; the registries name it through harness.lazy) nor open_clip (~3 s), Ray, MLflow or pandas.
     import subprocess
     import sys
     from pathlib import Path
 
     code = (f"import sys\nfrom harness import cli\nrc = cli.main({argv!r})\n"
-            "print(rc, sorted(m for m in ('ray', 'open_clip', 'mlflow', 'pandas') if m in sys.modules))")
+            "print(rc, sorted(m for m in ('torch', 'numpy', 'ray', 'open_clip', 'mlflow', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parent.parent)
     rc, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
     assert imported == "[]", done.stdout[-500:]
     assert rc == ("2" if argv[0] == "train" else "0"), done.stdout[-500:] + done.stderr[-500:]
+
+
+def test_lazy_torch_imports_on_first_use_and_is_the_real_module():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom harness.lazy import torch\nbefore = 'torch' in sys.modules\n"
+            "t = torch.ones(2)\nimport torch as real\n"
+            "print(before, 'torch' in sys.modules, isinstance(t, real.Tensor), torch.nn.functional is real.nn.functional)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "True", "True"], done.stdout + done.stderr[-500:]

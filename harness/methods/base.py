@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 
-import torch
 from pydantic import ValidationError
 
 from harness.classifier import Classifier
 from harness.config import EvalConfig, MethodParams, ParamSpace
+from harness.lazy import torch
 
 if TYPE_CHECKING:  # open_clip takes ~3 s to import, and `harness methods` needs none of it
     from harness import models
+    from harness.methods.model import MethodModel
 
 METHOD_WEIGHTS, METHOD_INFO = "method.pt", "method.json"
 
@@ -40,30 +41,6 @@ class UnknownMethodError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would print the message's repr
         return str(self.args[0])
-
-
-class MethodModel(torch.nn.Module):
-    """The CLIP (``clip``) plus what a method adds (``extra``), as one module: DDP wraps it, the
-    optimiser and checkpoints see all of it, and its forward is the method's."""
-
-    def __init__(self, clip: torch.nn.Module, method: "Method"):
-        super().__init__()
-        self.clip = clip
-        self.extra = torch.nn.ModuleDict()
-        self._method = method  # a plain object, not a submodule
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
-        return self._method.forward(self, images, tokens)
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.clip.encode_image(images, normalize=normalize)
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.clip.encode_text(tokens, normalize=normalize)
-
-    @property
-    def logit_scale(self) -> torch.nn.Parameter:
-        return self.clip.logit_scale
 
 
 @dataclass(frozen=True)

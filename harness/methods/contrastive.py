@@ -6,11 +6,10 @@ from __future__ import annotations
 import random
 from typing import Callable, Literal, Sequence
 
-import torch
 from pydantic import Field
 
 from harness.config import MethodParams
-from harness.losses import CMALoss
+from harness.lazy import torch
 from harness.methods.base import Method, register
 
 
@@ -18,6 +17,8 @@ class ContrastiveObjective:
     """The gathered CMA loss (harness.losses.CMALoss) on the model's paired features."""
 
     def __init__(self, lam: float, ctx):
+        from harness.losses import CMALoss  # an nn.Module: torch, which the registry does without
+
         self.loss = CMALoss(lam, rank=ctx.rank, world_size=ctx.world_size, gather=ctx.gather)
 
     def from_output(self, out: dict, labels: torch.Tensor):

@@ -11,14 +11,18 @@ the text scores use the original class prompts against the method's image featur
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from harness.classifier import Classifier
 from harness.config import MethodParams
-from harness.methods.base import Method, MethodModel, Setup, Stage, register, text_classifier
+from harness.lazy import torch
+from harness.methods.base import Method, Setup, Stage, register, text_classifier
+
+if TYPE_CHECKING:
+    from harness.methods.model import MethodModel
+
 
 HEAD, VISUAL = "extra.head.", "clip.visual."
 
@@ -31,23 +35,11 @@ class CrossEntropyObjective:
         return loss, {"ce": loss.detach()}
 
 
-class ScaledHead(torch.nn.Linear):
-    """``scale`` x Linear(D, K): the weight in cosine units, the zero-shot logit scale a fixed buffer."""
-
-    def __init__(self, class_features: torch.Tensor, scale: float):
-        super().__init__(class_features.shape[1], class_features.shape[0])
-        with torch.no_grad():
-            self.weight.copy_(class_features)
-            self.bias.zero_()
-        self.register_buffer("scale", torch.tensor(float(scale)))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * super().forward(features)
-
-
 def add_head(model: MethodModel, setup: Setup) -> None:
     """``model.extra.head``: the class-prompt embeddings (eval.eval_prompt) x the logit scale, bias 0."""
     zero_shot = text_classifier(model, setup.bundle.tokenizer, setup.classnames, setup.cfg.eval.eval_prompt, "cpu")
+    from harness.methods.layers import ScaledHead
+
     model.extra["head"] = ScaledHead(zero_shot.class_features, zero_shot.logit_scale)
 
 

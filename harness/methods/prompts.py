@@ -11,44 +11,21 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from harness.classifier import Classifier
 from harness.config import MethodParams
-from harness.methods.base import Method, MethodModel, Setup, register
+from harness.lazy import torch
+from harness.methods.base import Method, Setup, register
 from harness.methods.head import CrossEntropyObjective
 from harness.patches import global_and_local
 
+if TYPE_CHECKING:
+    from harness.methods.model import MethodModel
+
 PROMPT = "extra.prompt."
-
-
-class PromptContext(torch.nn.Module):
-    """``ctx`` (M, width): the learned vectors; the rest of each class's sequence (start token, the
-    class name's tokens, ".", end token, padding) is the frozen token embedding, kept as buffers
-    (rebuilt from the class names, so the checkpoint holds ``ctx`` alone)."""
-
-    def __init__(self, clip, tokenizer, classnames, n_ctx: int, init_std: float):
-        super().__init__()
-        width = clip.token_embedding.embedding_dim
-        tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {c}." for c in classnames])
-        with torch.no_grad():
-            embedded = clip.token_embedding(tokens)
-        self.ctx = torch.nn.Parameter(torch.randn(n_ctx, width) * init_std)  # CoOp's generic context init
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, 1 + n_ctx:].clone(), persistent=False)
-
-    def class_features(self, model: MethodModel) -> torch.Tensor:
-        """(K, D) L2-normalised text features of the learned prompts (gradients to ``ctx``)."""
-        from harness import models  # here, not at the top: the registry is listed without open_clip
-
-        k = self.tokens.shape[0]
-        sequence = torch.cat([self.prefix, self.ctx.unsqueeze(0).expand(k, -1, -1).to(self.prefix.dtype),
-                              self.suffix], dim=1)
-        return models.encode_text_embeddings(model.clip, sequence, self.tokens)
 
 
 def fitting_ctx(tokenizer, classnames, wanted: int) -> int:
@@ -93,6 +70,8 @@ class Coop(Method):
     trainable = (PROMPT,)
 
     def extend(self, model, setup: Setup):
+        from harness.methods.layers import PromptContext
+
         self.n_ctx = fitting_ctx(setup.bundle.tokenizer, setup.classnames, self.params.n_ctx)
         model.extra["prompt"] = PromptContext(model.clip, setup.bundle.tokenizer, setup.classnames, self.n_ctx,
                                               self.params.init_std)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from harness.config import MethodParams
+from harness.lazy import torch
 from harness.methods.base import Method, build, load_saved, register
 
 

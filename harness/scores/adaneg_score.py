@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from harness.lazy import torch
 from harness.scores import naive
 from harness.scores.neglabel_score import neglabel
 from harness.scores.registry import register

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
+from harness.lazy import torch
 
 
 def work_dtype(*tensors: torch.Tensor) -> torch.dtype:

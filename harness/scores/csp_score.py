@@ -8,8 +8,7 @@ group count and remainder rule over that pool, against the run's own class featu
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores import naive
 from harness.scores.neglabel_score import from_config, neglabel
 from harness.scores.registry import register

@@ -8,8 +8,7 @@ its ID-train mean comes from the cached statistics (harness.scores.train_stats).
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import check_features
 from harness.scores.registry import register
 from harness.scores.train_stats import check_head, linear_head, logits_of, percentile

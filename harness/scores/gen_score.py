@@ -5,8 +5,7 @@ sum p^gamma (1 - p)^gamma over the top M softmax probabilities of the run's clas
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import check_logits, zero_shot_logits
 from harness.scores.registry import register
 

@@ -8,8 +8,7 @@ caches the per-image patch-level result (:func:`local_mcm`, one float per image)
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores import naive
 from harness.scores.common import check, check_features, max_softmax, work_dtype
 from harness.scores.mcm_score import mcm

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from harness.lazy import torch
 from harness.scores import naive
 from harness.scores.common import by_chunks, check, check_features, work_dtype
 from harness.scores.registry import register

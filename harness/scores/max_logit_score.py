@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check, check_logits, work_dtype, zero_shot_logits
 from harness.scores import naive
 from harness.scores.registry import register

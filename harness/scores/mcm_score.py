@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check, check_features, max_softmax, work_dtype
 from harness.scores import naive
 from harness.scores.registry import register

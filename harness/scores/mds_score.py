@@ -8,8 +8,7 @@ float64 from every ID-train sample (harness.scores.train_stats).
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check_features
 from harness.scores.registry import register
 

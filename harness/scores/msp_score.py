@@ -6,8 +6,7 @@ the logits CLIP itself is trained with, unless the method has its own head.
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check, check_logits, max_softmax, work_dtype, zero_shot_logits
 from harness.scores import naive
 from harness.scores.registry import register

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from harness.lazy import torch
 
 
 def rows(t: torch.Tensor) -> list[list[float]]:

@@ -10,8 +10,7 @@ OpenOOD-VLM code's rule).
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check, check_features, work_dtype
 from harness.scores import naive
 from harness.scores.registry import register

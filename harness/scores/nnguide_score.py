@@ -9,8 +9,7 @@ train loader's batches); k is eval.nnguide_k (100), at most the bank's size. As 
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check_features
 from harness.scores.registry import register
 from harness.scores.train_stats import check_head, linear_head, logits_of

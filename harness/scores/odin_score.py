@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
+from harness.lazy import torch
 from harness.scores import naive
 from harness.scores.registry import register
 

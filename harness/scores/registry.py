@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+from harness.lazy import torch
 
 # What a score may ask for. The evaluator knows how to provide each of these.
 INPUTS = {

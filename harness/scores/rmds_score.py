@@ -5,8 +5,7 @@ features), then the largest over classes. Same feature and float64 statistics as
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.common import by_chunks, check_features
 from harness.scores.mds_score import mahalanobis_terms
 from harness.scores.registry import register

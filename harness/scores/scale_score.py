@@ -8,8 +8,7 @@ prunes as well; the same note on negative entries and ties applies).
 
 from __future__ import annotations
 
-import torch
-
+from harness.lazy import torch
 from harness.scores.ash_score import top_entries
 from harness.scores.common import check_features
 from harness.scores.registry import register

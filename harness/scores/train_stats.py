@@ -11,7 +11,7 @@ NaN, which makes every Mahalanobis score NaN).
 
 from __future__ import annotations
 
-import torch
+from harness.lazy import torch
 
 
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
