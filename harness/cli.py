@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = _without_credentials(cfg, tracking)
 
-    from harness.orchestration.ray_layer import ResourceError, SweepInterrupted
+    from harness.orchestration.admission import ResourceError
+    from harness.orchestration.tune_sweep import SweepInterrupted
 
     timer = driver.Timer()
     kind = "train" if args.command == "train" else "sweep"
@@ -290,7 +291,7 @@ def _evaluate(args) -> int:
     """Resolve the weights and every config (one per suite) before any compute, then evaluate each."""
     before = os.environ.get("HARNESS_EMBED_CACHE")
     if args.cache is not None:
-        # read by embed_cache here and, through ray_layer.init's runtime_env, in Ray workers
+        # read by embed_cache here and, through cluster.init's runtime_env, in Ray workers
         os.environ["HARNESS_EMBED_CACHE"] = str(args.cache.expanduser().resolve())
     try:
         return _evaluate_sources(args)

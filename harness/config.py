@@ -221,7 +221,7 @@ class ResourcesConfig(_Section):
     """How a sweep runs a one-worker trial: train, as a Ray Train run (its own controller and
     worker group); tune, inside its Tune trial (no worker group: about 15 s less per trial on a
     2-core machine; restarts and checkpoints go through Tune). Several workers always use Train;
-    ASHA with one worker always uses tune (harness.orchestration.ray_layer.trials_in_process says why)."""
+    ASHA with one worker always uses tune (harness.orchestration.tune_sweep.trials_in_process says why)."""
 
 
 class ParamSpace(_Section):

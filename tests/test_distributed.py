@@ -60,9 +60,9 @@ def _one_step(config: dict) -> None:
 def local_ray():
     import ray
 
-    from harness.orchestration import ray_layer
+    from harness.orchestration import cluster
 
-    ray_layer.init(None, num_cpus=2)
+    cluster.init(None, num_cpus=2)
     yield
     ray.shutdown()
 

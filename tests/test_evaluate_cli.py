@@ -83,7 +83,7 @@ def test_through_ray_the_workers_split_the_shards_and_the_rows_match_in_process(
     share of every set (as training's evaluation does); the rows equal an in-process evaluation's."""
     import json
 
-    from harness.orchestration import ray_layer
+    from harness.orchestration import cluster
 
     torch.manual_seed(1)
     weights = models.save_weights(models.build("tiny-vit-32", None).model, tmp_path / "w.pt")
@@ -95,7 +95,7 @@ def test_through_ray_the_workers_split_the_shards_and_the_rows_match_in_process(
         code, out = _evaluate(capsys, *common, "--cache", str(tmp_path / "c2"), "--out", str(tmp_path / "ray"),
                               "--address", "local", "--workers", "2")
     finally:
-        ray_layer.shutdown()
+        cluster.shutdown()
     assert code == 0, out
     run_dir = next((tmp_path / "ray" / "runs").iterdir())
     summary = json.loads((run_dir / "result.json").read_text())

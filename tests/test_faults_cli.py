@@ -201,5 +201,5 @@ def test_nothing_of_ours_listens_on_every_interface():
     text = "\n".join(p.read_text() for p in SOURCES)
     assert "0.0.0.0" not in text and "'::'" not in text and '"::"' not in text
     assert "--host" not in text  # the printed `mlflow ui` command keeps MLflow's loopback default
-    init = (REPO / "harness" / "orchestration" / "ray_layer.py").read_text()
+    init = (REPO / "harness" / "orchestration" / "cluster.py").read_text()
     assert "include_dashboard=False" in init

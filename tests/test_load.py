@@ -23,7 +23,7 @@ LOAD = {
     "schedule": {"epochs": 1, "warmup_steps": 1, "checkpoint_every": 0},
     "eval": {"scores": ["mcm", "msp"], "selection_score": "mcm"},
     # ASHA with grace_period = max_t (epochs + 1) stops no trial; it is here because single-worker
-    # trials then run inside their Tune trial (ray_layer.trials_in_process), reusing its process.
+    # trials then run inside their Tune trial (tune_sweep.trials_in_process), reusing its process.
     "search": {"algorithm": "grid", "scheduler": "asha", "grace_period": 2,
                "space": {"method": {"grid": [{"name": "cma", "lam": lam} if lam else {"name": "flyp"} for lam in LAMS]},
                          "optim.lr": {"grid": LRS}}},

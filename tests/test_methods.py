@@ -154,17 +154,17 @@ def ray_methods(world, tmp_path_factory):
     """A private local Ray cluster, random starting weights saved as a file, and a finished FLYP run
     (the source a WiSE-FT run interpolates towards)."""
     from harness.train import prepare
-    from harness.orchestration import ray_layer
+    from harness.orchestration import cluster, ray_layer
 
     tmp = tmp_path_factory.mktemp("methods")
     torch.manual_seed(0)
     start = models.save_weights(models.build(ARCH, None).model, tmp / "start.pt")
     for attempt in range(3):  # a loaded machine can miss Ray's 30 s raylet start-up wait
         try:
-            ray_layer.init(None, num_cpus=2)
+            cluster.init(None, num_cpus=2)
             break
         except Exception:
-            ray_layer.shutdown()
+            cluster.shutdown()
             if attempt == 2:
                 raise
     out = tmp / "out"
@@ -174,7 +174,7 @@ def ray_methods(world, tmp_path_factory):
     ray_layer.fit(ray_layer.Job(cfg, inputs, out))
     yield {"start": start, "out": out, "base": base, "inputs": inputs,
            "flyp": out / "runs" / ray_layer.run_id(cfg) / "checkpoint"}
-    ray_layer.shutdown()
+    cluster.shutdown()
 
 
 def _fit(env, section: dict, **overrides):

@@ -60,7 +60,7 @@ def test_quick_start_beside_a_registered_cluster(world, tmp_path, kind, request)
 
 def test_address_auto_joins_the_registered_cluster(registered_cluster):
     """`--address auto` is the explicit way to join: it finds the registered cluster."""
-    probe = ("from harness.orchestration import ray_layer; import ray; ray_layer.init('auto'); "
+    probe = ("from harness.orchestration import cluster; import ray; cluster.init('auto'); "
              "print(ray.get_runtime_context().gcs_address)")
     done = subprocess.run([sys.executable, "-c", probe], env=_registered(registered_cluster.address),
                           capture_output=True, text=True, timeout=300)

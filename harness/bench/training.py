@@ -77,18 +77,18 @@ def plain(config: dict) -> dict:
 def under_ray(config: dict, storage: Path) -> tuple[dict, float, float]:
     """The loop as a 1-worker Ray Train run on a fresh local cluster; (metrics, seconds of
     ray.init, seconds of the whole Train run)."""
-    from harness.orchestration import ray_layer  # the only module that imports ray
+    from harness.orchestration import cluster, ray_layer  # imports ray: only here, not at module level
 
     cpus = config["threads"]
     start = time.perf_counter()
-    ray_layer.init(None, num_cpus=cpus)
+    cluster.init(None, num_cpus=cpus)
     init_s = time.perf_counter() - start
     try:
         start = time.perf_counter()
         ray_layer.fit_loop(train_loop, config, storage, name="bench-train-overhead", cpus_per_worker=cpus)
         fit_s = time.perf_counter() - start
     finally:
-        ray_layer.shutdown()
+        cluster.shutdown()
     return json.loads(Path(config["result"]).read_text()), init_s, fit_s
 
 

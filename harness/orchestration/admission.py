@@ -1,7 +1,7 @@
 """Admission: can a run's workers ever be placed on this cluster, and how many runs at once?
 
 Plain logic over a :class:`ClusterShape` (what the cluster holds now, and what its
-autoscaler may add), so it is tested without Ray; harness.orchestration.ray_layer reads the shape from
+autoscaler may add), so it is tested without Ray; harness.orchestration.cluster reads the shape from
 Ray. A worker is one bundle (e.g. ``{"CPU": 8, "GPU": 1}``) that must fit on one node.
 
 - A fixed cluster (no autoscaler): a run that does not fit now never will, so it is

@@ -18,7 +18,9 @@ from harness import config as config_mod
 from harness.orchestration import demo as demo_plan
 from harness import report, results
 from harness.train import prepare
+from harness.orchestration import cluster
 from harness.orchestration import ray_layer
+from harness.orchestration import tune_sweep
 from harness.train import runner
 from harness.results import tracking
 from harness.config import Config
@@ -94,8 +96,8 @@ def _start_ray(cfg: Config, address: str | None, timer: Timer):
     # Before data or weights are prepared: a run that can never fit fails in seconds; one that
     # waits for an autoscaler's nodes has them asked for now, and they start meanwhile.
     with timer.stage("start Ray"):
-        ray_layer.init(address)
-        return ray_layer.check_fits(cfg, log=timer.log)
+        cluster.init(address)
+        return cluster.check_fits(cfg, log=timer.log)
 
 
 def train(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None = None,
@@ -107,7 +109,7 @@ def train(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     if admission.must_wait:
         with timer.stage("wait for the autoscaler's nodes"):
-            ray_layer.wait_for_nodes(cfg, log=timer.log)
+            cluster.wait_for_nodes(cfg, log=timer.log)
     with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
         if live:
             live.start(ray_layer.run_id(cfg), cfg)
@@ -149,7 +151,7 @@ def demo(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracki
 
 def _sweep_start(cfg: Config, out: Path, address: str | None, timer: Timer, live: tracking.Live | None,
                  name: str) -> tuple[prepare.Inputs, tracking.Record]:
-    _start_ray(cfg, address, timer)  # ray_layer.sweep asks for (and waits for) the trials' nodes
+    _start_ray(cfg, address, timer)  # tune_sweep.sweep asks for (and waits for) the trials' nodes
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     with timer.stage("zero-shot baseline"):
@@ -161,8 +163,8 @@ def _tune(cfg: Config, inputs: prepare.Inputs, out: Path, name: str, timer: Time
     """One Tune search of ``cfg.search``, each trial recorded as it is returned."""
     with timer.stage(stage):
         try:
-            outcomes = ray_layer.sweep(cfg, inputs, out, log=timer.log, tracker=live)
-        except ray_layer.SweepInterrupted as stop:  # keep what ended, then let the caller exit
+            outcomes = tune_sweep.sweep(cfg, inputs, out, log=timer.log, tracker=live)
+        except tune_sweep.SweepInterrupted as stop:  # keep what ended, then let the caller exit
             for trial_cfg, summary, status, error in stop.outcomes:
                 if summary is not None:
                     _record(out, name, trial_cfg, summary, error, status)

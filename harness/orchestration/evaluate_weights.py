@@ -161,13 +161,14 @@ def evaluate(source: Source, out: Path, log=print, address: str | None = None):
     from harness.orchestration import driver
     from harness.train import engine
     from harness.train import prepare
+    from harness.orchestration import cluster
     from harness.orchestration import ray_layer
     from harness.train import runner
 
     cfg = source.cfg
     if address is not None:
-        ray_layer.init(address)
-        ray_layer.check_fits(cfg, log=log)
+        cluster.init(address)
+        cluster.check_fits(cfg, log=log)
     inputs = prepare.prepare_inputs(cfg, log=log)
     weights = source.weights or inputs.weights
     run_dir = out / "runs" / ray_layer.run_id(cfg)
