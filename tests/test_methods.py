@@ -14,6 +14,8 @@ from harness import config, methods, models
 from harness.classifier import Classifier
 from harness.data import synthetic
 from harness.config import MethodParams
+from harness.methods.layers import ScaledHead
+from harness.methods.model import MethodModel
 from harness.methods.prompts import fitting_ctx, locoop_regulariser
 
 ARCH = "tiny-vit-32"
@@ -320,3 +322,12 @@ def test_lp_ft_resumes_in_its_second_stage_after_a_killed_worker(ray_methods):
     run_dir = ray_methods["out"] / "runs" / ray_layer.run_id(cfg)
     changed = _changed(torch.load(ray_methods["start"], weights_only=True), run_dir)
     assert changed and all(k.startswith("visual.") for k in changed)  # FT trained the image encoder only
+
+
+def test_the_head_starts_as_the_zero_shot_classifier_and_method_model_is_re_exported():
+    torch.manual_seed(0)
+    classes = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    features = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    head = ScaledHead(classes, 40.0)
+    torch.testing.assert_close(head(features), 40.0 * features @ classes.T)
+    assert methods.MethodModel is MethodModel  # harness.methods imports it on first use (no torch at listing)

@@ -7,6 +7,7 @@ import torch
 
 from harness import config, gap, results
 from harness.data import badsamples
+from harness.results import tables
 
 
 def summary(acc):
@@ -106,3 +107,11 @@ def test_run_row_has_suite_and_every_gap_measure():
     row = results.run_row("r", "s", config.load(None), {"gap": {"pair_cosine": 0.5}, "device": "cpu"}, "finished", None)
     assert row["suite"] == "synthetic" and row["device"] == "cpu" and row["gap_pair_cosine"] == 0.5
     assert all(f"gap_{m}" in row for m in gap.MEASURES) and row["gap_uniform_cross"] is None
+
+
+def test_the_package_re_exports_the_tables_api_lazily():
+    # results/__init__ serves the tables' names on first use (PEP 562); they are the same objects
+    for name in results.__all__:
+        assert getattr(results, name) is getattr(tables, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        results.nope
