@@ -1,7 +1,8 @@
 """What the commands do: prepare inputs, run through Ray, record results, track, report.
 
 The driver is the single writer of Parquet and MLflow; runs only write their own
-run directories.
+run directories. Ray's modules are imported by the functions that start Ray: `harness evaluate`
+in this process and `harness report` import none of them (~0.8 s here).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from harness import config as config_mod
 from harness.orchestration import demo as demo_plan
 from harness import report, results
 from harness.train import prepare
-from harness.orchestration import cluster
-from harness.orchestration import ray_layer
-from harness.orchestration import tune_sweep
 from harness.train import runner
 from harness.results import tracking
+from harness.results.outdir import run_id
 from harness.config import Config
 from harness.train.engine import RunContext
 
@@ -56,7 +55,7 @@ def results_dir(out: Path) -> Path:
 
 def _record(out: Path, sweep: str, cfg: Config, summary: dict | None, error: str | None,
             status: str | None = None) -> tracking.Record:
-    rid = ray_layer.run_id(cfg)
+    rid = run_id(cfg)
     # A run that ended early on its own (diverged) says so in its summary, with the reason.
     status = status or ((summary.get("status") or "finished") if summary else "failed")
     error = error or (summary or {}).get("error")
@@ -76,13 +75,13 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
               live: tracking.Live | None = None) -> tracking.Record:
     """Evaluate the starting weights without training, in this process (no Ray needed)."""
     base = baseline_config(cfg)
-    paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / ray_layer.run_id(base))
+    paths = runner.RunPaths(inputs.data_root, inputs.weights, out / "runs" / run_id(base))
     done = paths.run_dir / "result.json"
     if done.is_file():  # a resumed or repeated sweep: the same config gave these numbers already
         print(f"zero-shot baseline: reusing {done}")
         return _record(out, sweep, base, json.loads(done.read_text()), None)
     if live:
-        live.start(ray_layer.run_id(base), base)
+        live.start(run_id(base), base)
     summary = runner.run(base, paths, RunContext())
     record = _record(out, sweep, base, summary, None)
     if live:
@@ -95,6 +94,8 @@ def zero_shot(cfg: Config, inputs: prepare.Inputs, out: Path, sweep: str,
 def _start_ray(cfg: Config, address: str | None, timer: Timer):
     # Before data or weights are prepared: a run that can never fit fails in seconds; one that
     # waits for an autoscaler's nodes has them asked for now, and they start meanwhile.
+    from harness.orchestration import cluster
+
     with timer.stage("start Ray"):
         cluster.init(address)
         return cluster.check_fits(cfg, log=timer.log)
@@ -104,15 +105,17 @@ def train(cfg: Config, out: Path, address: str | None, timer: Timer, live: track
           name: str | None = None) -> list[tracking.Record]:
     """One Ray Train run. ``live``: its MLflow run is created when training starts and closed
     when it ends (its epochs are logged then: a Train run reports to no callback here)."""
+    from harness.orchestration import cluster, ray_layer
+
     admission = _start_ray(cfg, address, timer)
     with timer.stage("prepare data and starting weights"):
         inputs = prepare.prepare_inputs(cfg, log=timer.log)
     if admission.must_wait:
         with timer.stage("wait for the autoscaler's nodes"):
             cluster.wait_for_nodes(cfg, log=timer.log)
-    with timer.stage(f"train + evaluate {ray_layer.run_id(cfg)}"):
+    with timer.stage(f"train + evaluate {run_id(cfg)}"):
         if live:
-            live.start(ray_layer.run_id(cfg), cfg)
+            live.start(run_id(cfg), cfg)
         try:
             summary, error = ray_layer.fit(ray_layer.Job(cfg, inputs, out)), None
         except Exception as err:  # recorded as a failed run, then re-raised for the exit code
@@ -161,6 +164,8 @@ def _sweep_start(cfg: Config, out: Path, address: str | None, timer: Timer, live
 def _tune(cfg: Config, inputs: prepare.Inputs, out: Path, name: str, timer: Timer, live: tracking.Live | None,
           stage: str) -> list[tracking.Record]:
     """One Tune search of ``cfg.search``, each trial recorded as it is returned."""
+    from harness.orchestration import tune_sweep
+
     with timer.stage(stage):
         try:
             outcomes = tune_sweep.sweep(cfg, inputs, out, log=timer.log, tracker=live)

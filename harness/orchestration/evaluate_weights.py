@@ -159,23 +159,26 @@ def evaluate(source: Source, out: Path, log=print, address: str | None = None):
     a private local cluster) on resources.num_workers Ray Train workers that split every test
     set's shards, as the end of a training run does."""
     from harness.orchestration import driver
+    from harness.results.outdir import run_id
     from harness.train import engine
     from harness.train import prepare
-    from harness.orchestration import cluster
-    from harness.orchestration import ray_layer
     from harness.train import runner
 
     cfg = source.cfg
     if address is not None:
+        from harness.orchestration import cluster
+
         cluster.init(address)
         cluster.check_fits(cfg, log=log)
     inputs = prepare.prepare_inputs(cfg, log=log)
     weights = source.weights or inputs.weights
-    run_dir = out / "runs" / ray_layer.run_id(cfg)
+    run_dir = out / "runs" / run_id(cfg)
     extra = {"evaluated": source.origin, "weights_file": str(weights)}
     if address is None:
         summary = runner.evaluate_only(cfg, runner.RunPaths(inputs.data_root, weights, run_dir),
                                        engine.RunContext(), log, extra=extra)
     else:
+        from harness.orchestration import ray_layer
+
         summary = ray_layer.evaluate(ray_layer.Job(cfg, inputs, out), weights, extra)
     return driver._record(out, f"{cfg.name}-evaluate", cfg, summary, None)

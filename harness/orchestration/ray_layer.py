@@ -26,17 +26,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from harness.train import checkpoint
 from harness.orchestration.cluster import cluster_shape, worker_resources
+from harness.results.outdir import run_id
 from harness.config import Config
 from harness.train.engine import RunContext
 from harness.train.prepare import Inputs
 from harness.train.runner import FAILED, RESULT, RunPaths, evaluate_only, run, write_json
 
 log = logging.getLogger(__name__)
-
-
-def run_id(cfg: Config) -> str:
-    """Deterministic: the same science gives the same id, so a re-run replaces its rows."""
-    return f"{cfg.name}-{cfg.method()}-{cfg.fingerprint()}"
 
 
 @dataclass(frozen=True)

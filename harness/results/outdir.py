@@ -26,6 +26,12 @@ class OutDirTaken(ValueError):
     """``--out`` holds another experiment definition; the message says what differs and what to do."""
 
 
+def run_id(cfg: Config) -> str:
+    """A run's id, and its directory's name under runs/. Deterministic: the same science gives the
+    same id, so a re-run replaces its rows."""
+    return f"{cfg.name}-{cfg.method()}-{cfg.fingerprint()}"
+
+
 def definition(cfg: Config) -> dict[str, Any]:
     """The parts of ``cfg`` that make it this experiment, as dotted keys (JSON values)."""
     tree = cfg.model_dump(mode="json", exclude={"tracking", "resources"})
