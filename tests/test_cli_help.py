@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import cli
+from harness import cli, cli_parser
 
 
 def test_help_lists_every_command_and_no_module_docstring(capsys):
@@ -11,6 +11,7 @@ def test_help_lists_every_command_and_no_module_docstring(capsys):
     assert done.value.code == 0
     shown = capsys.readouterr().out
     assert "Command line: parse" not in shown and "out-of-distribution detection" in shown
+    assert cli.build_parser is cli_parser.build_parser  # the grammar lives in cli_parser
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert {"train", "sweep", "demo", "report", "bench", "sync-mlflow", "shards", "negatives"} <= set(commands)
