@@ -1,4 +1,5 @@
-"""The command line's grammar: every command's arguments and help (harness.cli runs them).
+"""The command line's grammar: every command's arguments and help (harness.cli runs them), and
+UsageError, for arguments that parse but cannot be used.
 
 It imports no registry (importing the methods imports torch), so ``harness --help`` answers at once.
 """
@@ -7,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Arguments that parse but cannot be used together (reported like a bad config)."""
 
 
 def _common(parser: argparse.ArgumentParser, needs_config: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import cli, cli_parser
+from harness import cli, cli_data, cli_parser
 
 
 def test_help_lists_every_command_and_no_module_docstring(capsys):
@@ -17,6 +17,10 @@ def test_help_lists_every_command_and_no_module_docstring(capsys):
     assert {"train", "sweep", "demo", "report", "bench", "sync-mlflow", "shards", "negatives"} <= set(commands)
     for name in commands:
         assert name in shown
+    # one handler per command: the dispatch table covers the grammar, train / sweep / demo apart
+    assert set(commands) == set(cli.COMMANDS) | set(cli.RUNS)
+    assert (cli.COMMANDS["shards"], cli.COMMANDS["negatives"], cli.COMMANDS["cache"]) == (
+        cli_data.shards, cli_data.negatives, cli_data.cache)
 
 
 
