@@ -4,11 +4,15 @@ Every default lives here. Loose input (YAML, ``--set dotted.key=value``) is turn
 into a :class:`Config` once, at the edge; everything below takes typed objects.
 Unknown keys and bad values fail before anything runs, naming the key and what is
 allowed.
+
+This module owns the sections, their validation and loading. The ``--set`` / ``--space`` parsing
+and the messages that name a bad key live in harness.config_input, the views of a Config (dotted
+keys, run labels, its tree and YAML) in harness.config_views; their public names are re-exported
+here, so ``harness.config`` stays the one name to import.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -17,9 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be turned into a valid Config."""
+from harness.config_input import (  # noqa: F401  (re-exported: harness.config is the one name to import)
+    SPACE_FORMS, ConfigError, apply_overrides, apply_space, parse_override, parse_space)
+from harness.config_input import describe as _describe
+from harness.config_views import (  # noqa: F401  (re-exported, as above)
+    LABEL_KEYS, _short_number, dotted, flatten, is_searched, run_label, searched_values, to_tree, to_yaml)
 
 
 class _Section(BaseModel):
@@ -337,105 +343,6 @@ def _check_path(tree: dict, dotted: str, where: str) -> None:
         node = node[part]
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"method.lam=0.1"`` -> ``("method.lam", 0.1)``; the value is read as a YAML scalar or list."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
-    return key.strip(), value
-
-
-SPACE_FORMS = ("grid", "choice", "uniform", "loguniform")
-
-
-def _scalar(text: str) -> Any:
-    """A YAML scalar, with 1e-4 read as a number (YAML 1.1 would keep it a string)."""
-    value = yaml.safe_load(text) if text.strip() else ""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def parse_space(text: str) -> tuple[str, Any]:
-    """One ``--space`` entry: ``"optim.lr=loguniform:1e-5,1e-3"`` (FORM:v1,v2,...) or a YAML mapping,
-    ``'optim.lr={loguniform: [1e-5, 1e-3]}'``, -> ``("optim.lr", {"loguniform": [1e-5, 1e-3]})``.
-    The key may hold dots (it is a config key); the result is validated like search.space in a file."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key or not raw:
-        raise ConfigError(f"--space expects dotted.key=FORM:v1,v2,... (FORM: {', '.join(SPACE_FORMS)}) "
-                          f"or dotted.key={{FORM: [...]}}, got {text!r}")
-    if raw.startswith("{"):
-        try:
-            spec = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--space {key}: cannot parse {raw!r} as a YAML mapping: {err}") from None
-        return key, spec
-    form, colon, values = raw.partition(":")
-    if not colon or form.strip() not in SPACE_FORMS:
-        raise ConfigError(f"--space {key}: {raw!r} has no known form (allowed: grid:v1,v2,..., choice:v1,v2,..., "
-                          "uniform:low,high, loguniform:low,high, or a YAML mapping such as {grid: [0, 0.1]})")
-    return key, {form.strip(): [_scalar(v) for v in values.split(",")]}
-
-
-def apply_space(tree: dict, space: dict[str, Any]) -> dict:
-    """``tree`` with these search.space entries added (an entry of the same key is replaced)."""
-    if not space:
-        return tree
-    tree = copy.deepcopy(tree)
-    search = tree.setdefault("search", {})
-    if not isinstance(search, dict) or not isinstance(search.get("space") or {}, dict):
-        raise ConfigError("--space: the config's search / search.space is not a mapping")
-    search["space"] = {**(search.get("space") or {}), **space}
-    return tree
-
-
-def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
-    """Return a copy of ``tree`` with dotted keys set; unknown keys are left for validation to name."""
-    tree = copy.deepcopy(tree)
-    for dotted, value in overrides.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
-            node = child
-        node[leaf] = value
-    return tree
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "<top>"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key{_allowed_hint(item['loc'])}")
-        elif item["type"] == "value_error" and key in ("<top>", "method"):  # the message names its own key
-            lines.append(item["msg"].removeprefix("Value error, "))
-        elif item["type"] == "literal_error":
-            lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
-        else:
-            lines.append(f"{key}: {item['msg']} (got {item['input']!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
-def _allowed_hint(loc: tuple) -> str:
-    model: Any = Config
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return ""
-        model = field.annotation
-    return f" (allowed: {', '.join(model.model_fields)})"
-
 
 def swap_method(tree: dict, overrides: dict[str, Any]) -> dict:
     """``tree`` without its method's parameters when ``overrides`` set another ``method.name``
@@ -454,7 +361,7 @@ def from_dict(tree: dict, overrides: dict[str, Any] | None = None) -> Config:
     try:
         return Config.model_validate(apply_overrides(swap_method(tree, overrides), overrides))
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        raise ConfigError(_describe(err, Config)) from None
 
 
 def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None,
@@ -475,74 +382,3 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
         overrides = dict(parse_override(o) for o in overrides)
     return from_dict(apply_space(tree, dict(parse_space(s) for s in space or [])), overrides)
 
-
-def to_tree(cfg: Config) -> dict:
-    """The config as a plain tree that overrides apply to: its method section as written (name and the
-    parameters off their defaults), so that a search may swap ``method.name``."""
-    from harness import methods
-
-    return {**cfg.model_dump(mode="json"), "method": methods.minimal(cfg.method)}
-
-
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def dotted(tree: dict, whole: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Dotted-key view of a nested mapping: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; an empty mapping and
-    a key in ``whole`` (e.g. ``search.space``, compared as one value) stay single values."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node and prefix not in whole:
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        else:
-            out[prefix] = node
-
-    for key, value in tree.items():
-        walk(str(key), value)
-    return out
-
-
-def flatten(cfg: Config) -> dict[str, Any]:
-    """Dotted-key view of the config (for MLflow params and Parquet columns): lists and mappings as JSON."""
-    flat = dotted(cfg.model_dump(mode="json", exclude={"search"}))
-    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}
-
-
-# What a run's label names besides its method when nothing is searched (e.g. `harness train`).
-LABEL_KEYS = ("method.lam", "optim.lr")
-
-
-def _short_number(value: Any) -> str:
-    """2e-4 rather than 0.0002 (below 0.01 or from 1e5 on, when shorter), else the plain spelling."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    plain = f"{value:g}"
-    mantissa, _, exponent = f"{value:.2e}".partition("e")
-    scientific = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    small_or_large = value != 0 and not 1e-2 <= abs(value) < 1e5
-    return scientific if small_or_large and len(scientific) < len(plain) else plain
-
-
-def is_searched(dotted: str, space: dict) -> bool:
-    """``dotted`` is a searched key or lies in a searched section (``method.lam`` when ``method`` is searched)."""
-    return any(dotted == key or dotted.startswith(f"{key}.") for key in space)
-
-
-def searched_values(cfg: Config) -> dict[str, Any]:
-    """This config's value of every searched leaf key (a searched section gives each of its leaves)."""
-    return {key: value for key, value in flatten(cfg).items() if is_searched(key, cfg.search.space)}
-
-
-def run_label(cfg: Config) -> str:
-    """A run's short name for people: its method and searched values, ``cma lam=0.01 lr=2e-4``
-    (the last part of each dotted key); ``zero-shot`` for the untrained baseline."""
-    method = cfg.method()
-    if method == "zero-shot":
-        return method
-    flat = flatten(cfg)
-    values = searched_values(cfg) if cfg.search.space else {k: flat[k] for k in LABEL_KEYS if k in flat}
-    values.pop("method.name", None)  # the label's first word already
-    return " ".join([method] + [f"{key.rsplit('.', 1)[-1]}={_short_number(value)}" for key, value in values.items()])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import cli
+from harness import cli, cli_data, cli_parser
 
 
 def test_help_lists_every_command_and_no_module_docstring(capsys):
@@ -11,11 +11,16 @@ def test_help_lists_every_command_and_no_module_docstring(capsys):
     assert done.value.code == 0
     shown = capsys.readouterr().out
     assert "Command line: parse" not in shown and "out-of-distribution detection" in shown
+    assert cli.build_parser is cli_parser.build_parser  # the grammar lives in cli_parser
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     assert {"train", "sweep", "demo", "report", "bench", "sync-mlflow", "shards", "negatives"} <= set(commands)
     for name in commands:
         assert name in shown
+    # one handler per command: the dispatch table covers the grammar, train / sweep / demo apart
+    assert set(commands) == set(cli.COMMANDS) | set(cli.RUNS)
+    assert (cli.COMMANDS["shards"], cli.COMMANDS["negatives"], cli.COMMANDS["cache"]) == (
+        cli_data.shards, cli_data.negatives, cli_data.cache)
 
 
 

@@ -173,3 +173,17 @@ def test_eval_scores_all_is_every_registered_score():
     cfg = config.load(None, ["eval.scores=all"])
     assert cfg.eval.scores == tuple(sorted(SCORE_SPECS)) and "odin" in cfg.eval.scores
     assert config.from_dict(config.to_tree(cfg)).eval.scores == cfg.eval.scores  # recorded as the names
+
+
+def test_config_re_exports_its_input_and_view_modules():
+    # harness.config is the one name to import: the --set / --space parsing (config_input) and the
+    # views of a Config (config_views) live apart but answer under harness.config too.
+    from harness import config_input, config_views
+
+    for name in ("ConfigError", "SPACE_FORMS", "parse_override", "parse_space", "apply_space", "apply_overrides"):
+        assert getattr(config, name) is getattr(config_input, name)
+    for name in ("to_tree", "to_yaml", "dotted", "flatten", "LABEL_KEYS", "is_searched", "searched_values",
+                 "run_label"):
+        assert getattr(config, name) is getattr(config_views, name)
+    with pytest.raises(ConfigError, match="unknown key"):
+        config.load(None, ["optim.bogus=1"])

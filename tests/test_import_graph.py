@@ -12,7 +12,7 @@ HARNESS = Path(__file__).parents[1] / "harness"
 
 # top-level name under harness/ -> layer; every other module or package is the foundation (0)
 LAYERS = {"evaluation": 1, "train": 2, "results": 3, "report": 4, "orchestration": 5,
-          "cli": 6, "entry": 6, "bench": 6}
+          "cli": 6, "cli_data": 6, "cli_parser": 6, "entry": 6, "bench": 6}
 
 
 def layer(module: str) -> int:
