@@ -120,6 +120,36 @@ def installed_checkout() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
+def record_faults() -> Path:
+    """Keep the tracebacks of every thread if this process crashes or is sent SIGTERM or SIGHUP (the
+    ssh session `ray submit` runs it in, closed) in $HARNESS_CACHE/entry-faults/<pid>.log, a file
+    that outlives the session's stderr; a command that ends by itself removes its empty file. A run
+    that died on the head without a word is then explained (tests/test_cluster_launcher shows it)."""
+    import atexit
+    import faulthandler
+    import signal
+
+    from harness.paths import cache_dir
+
+    path = cache_dir() / "entry-faults" / f"{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = path.open("w")
+    faulthandler.enable(file=sink, all_threads=True)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        faulthandler.register(signum, file=sink, all_threads=True, chain=True)  # then the usual ending
+
+    def tidy() -> None:
+        faulthandler.disable()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            faulthandler.unregister(signum)
+        sink.close()
+        if path.stat().st_size == 0:
+            path.unlink()
+
+    atexit.register(tidy)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check-suite":
@@ -149,4 +179,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path[:] = unshadowed(sys.path, os.path.dirname(os.path.abspath(__file__)))
+    record_faults()
     sys.exit(main())

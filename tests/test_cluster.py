@@ -152,3 +152,20 @@ def test_entry_run_as_a_file_from_the_heads_home_imports_the_installed_harness(t
     done = subprocess.run([sys.executable, str(tmp_path / "entry.py"), "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and "sweep" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_entry_keeps_a_traceback_when_signalled_and_nothing_when_it_ends_by_itself(tmp_path):
+    """A `ray submit` command that dies on the head leaves its stack where the test's tail finds it."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path)}
+    start = "from harness import entry\npath = entry.record_faults()\nprint(path, flush=True)\n"
+    quiet = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, check=True)
+    assert not os.path.exists(quiet.stdout.strip()), "an ended command left its empty fault log"
+    killed = subprocess.run([sys.executable, "-c", start + "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n"],
+                            env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGTERM
+    log = Path(killed.stdout.strip())
+    assert log.parent == tmp_path / "entry-faults" and "line 5" in log.read_text(), log.read_text()

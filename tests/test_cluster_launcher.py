@@ -146,7 +146,7 @@ def test_ray_up_submit_report_down_on_a_local_head(tmp, tmp_path, open_dir, fore
             "--set", "data.synthetic_size=small", "--set", "schedule.epochs=1",
             "--set", f"tracking.mlflow_uri=http://127.0.0.1:{mlflow_port}", "--out", str(out), timeout=420,
             log=tmp_path / "submit-train.log")
-        assert rc == 0, log[-8000:] + _tails(out)
+        assert rc == 0, log[-8000:] + _tails(out) + _fault_logs(ssh.home)
         # entry.py runs in the head's home: the laptop-style relative config came from ~/harness.
         assert f"taken from the installed checkout: {ssh.home}/harness/sweeps/demo.yaml" in log, log[-3000:]
         _check_results(out, mlflow_port)
@@ -176,6 +176,14 @@ def _tails(out: Path, chars: int = 3000) -> str:
         if path.is_file() and path.suffix in (".log", ".json", ".txt"):
             parts.append(f"--- {path}\n{path.read_text(errors='replace')[-chars:]}")
     return "\n".join(parts)
+
+
+def _fault_logs(home: Path) -> str:
+    """The tracebacks harness/entry.py keeps when the head's process crashed or was signalled."""
+    logs = sorted(home.rglob("entry-faults/*.log"))
+    if not logs:
+        return "\n(no entry-faults log on the head: the process ended by itself, or by SIGKILL)"
+    return "".join(f"\n--- {path}\n{path.read_text(errors='replace')[-4000:]}" for path in logs)
 
 
 def _check_results(out: Path, mlflow_port: int) -> None:
