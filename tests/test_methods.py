@@ -331,3 +331,22 @@ def test_the_head_starts_as_the_zero_shot_classifier_and_method_model_is_re_expo
     head = ScaledHead(classes, 40.0)
     torch.testing.assert_close(head(features), 40.0 * features @ classes.T)
     assert methods.MethodModel is MethodModel  # harness.methods imports it on first use (no torch at listing)
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_portable_params_keep_every_method_rebuildable_from_anywhere(name, tmp_path):
+    # harness evaluate --weights <run dir> rebuilds a sets_weights method's run from its params:
+    # what they name relative to the run's <out>/runs must come back absolute; the rest unchanged.
+    runs = tmp_path / "out" / "runs"
+    (runs / "src-run" / "checkpoint").mkdir(parents=True)
+    (runs / "src-run" / "checkpoint" / "model.pt").write_bytes(b"")
+    method = methods.get(name)
+    section = methods.params(method.example("src-run"))
+    portable = method.portable(section, runs)
+    changed = {k for k in type(section).model_fields if getattr(section, k) != getattr(portable, k)}
+    if method.sets_weights:
+        assert changed == {"source"} and portable.source == str((runs / "src-run" / "checkpoint").resolve())
+        with pytest.raises(FileNotFoundError, match="method.source"):
+            method.portable(section, tmp_path / "elsewhere")
+    else:
+        assert portable == section

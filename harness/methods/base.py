@@ -107,6 +107,13 @@ class Method:
     def check_config(cls, cfg) -> None:
         """Raise ValueError when the rest of ``cfg`` does not suit this method's parameters."""
 
+    @classmethod
+    def portable(cls, params: MethodParams, runs: Path) -> MethodParams:
+        """``params`` with what names a place relative to the run (``runs``: the <out>/runs it sits
+        in) made absolute, so that any --out can rebuild the run (`harness evaluate --weights <run>`).
+        Raise FileNotFoundError when such a place is gone."""
+        return params
+
     def stages(self, cfg) -> list[Stage]:
         if not self.trains or not cfg.schedule.epochs:
             return []

@@ -50,6 +50,10 @@ class WiseFt(Method):
     def example(cls, checkpoint: str) -> dict:
         return {"name": cls.name, "source": checkpoint, "alpha": 0.5}
 
+    @classmethod
+    def portable(cls, params, runs):
+        return params.model_copy(update={"source": str(source_dir(params.source, runs).resolve())})
+
     def extend(self, model, setup):
         section, clip_state, extra_state = load_saved(source_dir(self.params.source, setup.run_dir.parent))
         if section.name == self.name:

@@ -82,19 +82,20 @@ def _readable(checkpoint: Path) -> Path:
 def _rebuilt_weights(cfg: Config, run_dir: Path) -> Source | None:
     """A run whose method makes its weights when the model is built (WiSE-FT: start and source
     interpolated) is evaluated by building them again, from the starting weights and the source run
-    found beside it (made absolute, so any --out can evaluate it): loading its saved weights as
+    found beside it (its parameters made portable by the method's hook, so any --out can evaluate
+    it: Method.portable): loading its saved weights as
     the start would interpolate twice. The weights, and so the cache entries, are the saved ones."""
     from harness import methods
-    from harness.methods.wise import source_dir
 
-    if not methods.get(cfg.method.name).sets_weights:
+    method = methods.get(cfg.method.name)
+    if not method.sets_weights:
         return None
     try:
-        source = source_dir(cfg.method.source, run_dir.parent)
+        section = method.portable(cfg.method, run_dir.parent)
     except FileNotFoundError as err:
         raise SourceError(f"--weights {run_dir}: {err}") from None
     tree = config_mod.to_tree(cfg)
-    tree["method"] = {**tree["method"], "source": str(source.resolve())}
+    tree["method"] = methods.minimal(section)
     return Source(config_mod.from_dict(tree), None, f"run {run_dir.name}")
 
 
