@@ -8,7 +8,7 @@ run's outputs into ``run_dir``:
 - ``embeddings/<id test set>.pt``: a link to the ID test set's entry in the shared embedding
   cache (harness.evaluation.embed_cache: one cache per weights digest, shared by runs and `harness
   evaluate`); ``embeddings/text.pt``: the class-prompt and negative-label features (evaluate.TextSide)
-- ``scores.pt``: per-sample scores and sample keys (see :func:`test`)
+- ``scores.pt``: per-sample scores and sample keys (see harness.train.run_evaluation.test)
 - ``result.json``: the summary (validation metrics, ID accuracy, OoD rows, timings, bad-sample
   counts, ``status``)
 
@@ -22,8 +22,6 @@ have been fixed). Both are reported to Tune and returned; the driver records the
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 import time
 import typing
@@ -32,12 +30,10 @@ from pathlib import Path
 
 import torch
 
-from harness import gap, methods, models, negatives
+from harness import methods, models
 from harness.train import checkpoint
-from harness.evaluation import embed_cache
 from harness.train import engine
-from harness.evaluation import evaluate
-from harness.evaluation import score_inputs
+from harness.train.run_evaluation import evaluate_model, validate
 from harness.config import Config, SearchConfig, run_label
 from harness.data.badsamples import REASONS, BadDataError, BadSamples
 from harness.data.pipeline import CountedBatches, loader, train_pipeline
@@ -130,10 +126,7 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, me
                         log) -> dict | None:
     history: list[dict] = []
     try:
-        classnames = check_class_lists({name: read_manifest(paths.dataset(name))
-                                        for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
-        bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
-                              quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
+        classnames, bundle = _classes_and_model(cfg, paths)
         bare = methods.MethodModel(bundle.model, method)
         method.extend(bare, methods.Setup(bundle, classnames, cfg, paths.run_dir))
         resumed_from = None
@@ -144,25 +137,14 @@ def _train_and_evaluate(cfg: Config, paths: RunPaths, ctx: engine.RunContext, me
             bare.to(ctx.device)
         facts.update(method.facts())
         train_s = time.perf_counter() - started
-        eval_start = time.perf_counter()
-        # Every rank encodes its share of the test sets; rank 0 receives them whole.
-        cache = model_cache(cfg, bundle, bare, log)
-        embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, bare, ctx, cache)
-        if ctx.rank != 0:
+        head = {"status": "finished", "epochs": history, "train_s": train_s, "resumed_from_epoch": resumed_from,
+                **facts, **train_bad_counts(cfg, history)}
+        summary, _ = evaluate_model(cfg, paths, ctx, bundle, bare, classnames, head, log)
+        if summary is None:  # another rank: its share of the test sets is encoded
             ctx.report({"done": 1}, None)
             return None
-        summary = {"status": "finished", "epochs": history, "train_s": train_s, "resumed_from_epoch": resumed_from,
-                   **facts, **train_bad_counts(cfg, history)}
-        encode_s = time.perf_counter() - eval_start
-        summary.update(validate(cfg, paths, bundle, bare, classnames, ctx.device, cache))
-        eval_start = time.perf_counter()
-        summary.update(test(cfg, paths, bundle, bare, classnames, ctx.device, embeddings, cache))
-        log(f"[{run_label(cfg)}] {cache.summary()}")
     except BadDataError as err:
         raise RunStopped("failed", err, history, err.collective) from err
-    summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
-    summary["eval_s"] = encode_s + time.perf_counter() - eval_start
-    summary["eval_encoded_by_rank"] = encoded_by_rank
     summary["wall_s"] = time.perf_counter() - started
     final_dir = paths.run_dir / "checkpoint"
     summary["checkpoint"] = str(methods.save(bare, final_dir))
@@ -179,28 +161,30 @@ def evaluate_only(cfg: Config, paths: RunPaths, ctx: engine.RunContext, log=prin
     of training) and rank 0 returns the summary; the others return None. ``extra``: summary fields
     to add (e.g. where the weights came from)."""
     started = time.perf_counter()
-    classnames = check_class_lists({name: read_manifest(paths.dataset(name))
-                                    for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
-    bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
-                          quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
+    classnames, bundle = _classes_and_model(cfg, paths)
     model = _with_method(cfg, paths, bundle, classnames)
     model.to(ctx.device)
-    cache = model_cache(cfg, bundle, model, log)
-    embeddings, encoded_by_rank = encode_test_sets(cfg, paths, bundle, model, ctx, cache)
-    if ctx.rank != 0:  # its share of the test sets is encoded and gathered; rank 0 scores and records
+    head = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
+            "device": ctx.device.type, **(extra or {})}
+    summary, cache = evaluate_model(cfg, paths, ctx, bundle, model, classnames, head, log)
+    if summary is None:
         return None
-    summary = {"status": "finished", "epochs": [], "train_s": 0.0, "world_size": ctx.world_size,
-               "device": ctx.device.type, **(extra or {})}
-    summary.update(validate(cfg, paths, bundle, model, classnames, ctx.device, cache))
-    summary.update(test(cfg, paths, bundle, model, classnames, ctx.device, embeddings, cache))
-    summary["bad_samples_eval"] = summary["val_bad_samples"] + sum(summary["test_bad_samples"].values())
+    # Here the evaluation is the whole run: eval_s counts from the model's build, validation included.
     summary.update(eval_s=time.perf_counter() - started, wall_s=time.perf_counter() - started,
-                   eval_encoded_by_rank=encoded_by_rank, cache_reused=cache.misses == 0, cache_encoded=cache.misses)
-    log(f"[{run_label(cfg)}] {cache.summary()}")
+                   cache_reused=cache.misses == 0, cache_encoded=cache.misses)
     if paths.weights:
         summary["checkpoint"] = str(paths.weights)
     write_json(paths.run_dir / RESULT, summary)
     return summary
+
+
+def _classes_and_model(cfg: Config, paths: RunPaths):
+    """(the class names the train, validation and test sets agree on, the CLIP at ``paths.weights``)."""
+    classnames = check_class_lists({name: read_manifest(paths.dataset(name))
+                                    for name in (cfg.data.train, cfg.data.id_val, cfg.data.id_test)})
+    bundle = models.build(cfg.model.arch, str(paths.weights) if paths.weights else None,
+                          quick_gelu=models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained))
+    return classnames, bundle
 
 
 def _with_method(cfg: Config, paths: RunPaths, bundle, classnames) -> methods.MethodModel:
@@ -343,183 +327,3 @@ def check_bad_fraction(cfg: Config, history: list[dict], good_per_epoch: int, se
         raise BadDataError(f"{cfg.data.train}: {bad} of the {read} training samples read were bad ({bad / read:.2%}), "
                            f"more than data.max_bad_fraction={cfg.data.max_bad_fraction}: {seen.describe()}",
                            collective=True)
-
-
-def _encode_share(cfg: Config, manifest, bundle, model, device, rank: int = 0,
-                  world_size: int = 1) -> evaluate.Embeddings | None:
-    """This rank's shards of an evaluation set (None when it has none), under the bad-sample policy:
-    every sample the manifest promises, labels within the classes for ID sets, unless
-    eval.allow_bad_samples."""
-    shards = manifest.shards[rank::world_size]
-    if not shards:
-        return None
-    return evaluate.encode_images(model, shards, bundle.eval_transform, cfg.eval.batch_size, device,
-                                  shard_samples=manifest.shard_samples[rank::world_size],
-                                  num_classes=len(manifest.classnames) if manifest.kind == "id" else None,
-                                  allow_bad=cfg.eval.allow_bad_samples)
-
-
-def _missing(paths: RunPaths, name: str, emb: evaluate.Embeddings) -> int:
-    """Samples of an evaluation set skipped as bad: what its manifest promises minus what was encoded."""
-    return max(0, read_manifest(paths.dataset(name)).num_samples - len(emb.keys))
-
-
-def _encode(cfg: Config, paths: RunPaths, bundle, model, name: str, device,
-            cache: embed_cache.EmbeddingCache | None) -> evaluate.Embeddings:
-    manifest = read_manifest(paths.dataset(name))
-    encode = lambda: _encode_share(cfg, manifest, bundle, model, device)  # noqa: E731
-    if cache is None:
-        return encode()
-    return evaluate.Embeddings.from_dict(cache.get_or_build(_cache_path(cfg, paths, cache, name),
-                                                            lambda: encode().as_dict()))
-
-
-def model_cache(cfg: Config, bundle, model, log=print) -> embed_cache.EmbeddingCache:
-    """The shared embedding cache of these weights (harness.evaluation.embed_cache)."""
-    return embed_cache.for_bundle(bundle, model, cfg.model.arch,
-                                  models.needs_quick_gelu(cfg.model.arch, cfg.model.pretrained), log=log)
-
-
-def _cache_path(cfg: Config, paths: RunPaths, cache: embed_cache.EmbeddingCache, name: str) -> Path:
-    return cache.path(paths.dataset(name), "features", allow_bad=cfg.eval.allow_bad_samples)
-
-
-def encode_test_sets(cfg: Config, paths: RunPaths, bundle, model, ctx: engine.RunContext,
-                     cache: embed_cache.EmbeddingCache | None = None
-                     ) -> tuple[dict[str, evaluate.Embeddings] | None, dict[str, list[int]]]:
-    """Encode ID test and every OoD test set with the work split across ranks by shard.
-
-    Each rank encodes the shards ``rank::world_size`` of each set (none when the set
-    has fewer shards than ranks), so every sample is encoded exactly once; rank 0
-    gathers the parts, in rank order, and stores each set in the shared embedding cache
-    (harness.evaluation.embed_cache). A set already cached for these weights is read instead (every
-    rank checks, so all skip it together). Returns (the embeddings on rank 0, else None;
-    samples encoded by each rank).
-    """
-    cache = cache or model_cache(cfg, bundle, model)
-    embeddings, counts = {}, {}
-    for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test)):  # a set named twice is encoded once
-        path = _cache_path(cfg, paths, cache, name)
-        manifest = read_manifest(paths.dataset(name))
-        cached = cache.lookup(path)  # None when missing or corrupt: this rank encodes its share
-        part = None if cached is not None else _encode_share(cfg, manifest, bundle, model, ctx.device,
-                                                             ctx.rank, ctx.world_size)
-        parts = ctx.gather_objects(part) if ctx.gather_objects else [part]
-        counts[name] = [len(p.keys) if p is not None else 0 for p in parts]
-        if ctx.rank != 0:
-            continue
-        if cached is not None:
-            embeddings[name] = evaluate.Embeddings.from_dict(cached)
-            continue
-
-        def whole(parts=parts, manifest=manifest):
-            skipped = any(p is None and manifest.shards[r::len(parts)] for r, p in enumerate(parts))
-            if skipped:  # a rank read a good entry that rank 0 did not (rebuilt meanwhile): encode it all here
-                parts = [_encode_share(cfg, manifest, bundle, model, ctx.device)]
-            present = [p for p in parts if p is not None]
-            if not present:
-                raise ValueError(f"{name}: no samples in {paths.dataset(name)}")
-            return evaluate.Embeddings(torch.cat([p.features for p in present]), torch.cat([p.labels for p in present]),
-                                       [k for p in present for k in p.keys]).as_dict()
-
-        embeddings[name] = evaluate.Embeddings.from_dict(cache.get_or_build(path, whole))
-    return (embeddings if ctx.rank == 0 else None), counts
-
-
-def link_into_run(cache_file: Path, run_file: Path) -> None:
-    """``run_file`` as a hard link to the cache entry (a copy across file systems), for readers of
-    the run directory (the report's gap projection)."""
-    run_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_name(f".{run_file.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(cache_file, tmp)
-    except OSError:
-        shutil.copyfile(cache_file, tmp)
-    os.replace(tmp, run_file)
-
-
-def text_side(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
-              cache: embed_cache.EmbeddingCache | None) -> evaluate.TextSide:
-    """The class side every score uses: the method's classifier and the negative labels mined with the
-    model's text encoder, from the cache of its weights when given (the digest covers a method's head
-    and learned prompts)."""
-    method = getattr(model, "_method", None)
-
-    def build():  # the method's classifier (harness.classifier; a bare CLIP's class prompts) + the negatives
-        classifier = method.classifier(model, bundle.tokenizer, classnames, cfg.eval, device) if method else None
-        return evaluate.build_text_side(model, bundle.tokenizer, classnames, cfg.eval, paths.negatives(cfg), device,
-                                        csp_path=paths.csp_negatives(cfg), classifier=classifier)
-
-    if cache is None:
-        return build()
-    e = cfg.eval
-    path = cache.text_path(classnames=list(classnames), prompts=[e.eval_prompt, e.noun_prompt, e.adjective_prompt],
-                           negatives=embed_cache.file_checksum(paths.negatives(cfg)),
-                           csp=embed_cache.file_checksum(paths.csp_negatives(cfg)) if "csp" in e.scores else None,
-                           with_csp=negatives.CSP_POOL_RULE if "csp" in e.scores else False,
-                           csp_seed=e.csp_seed if "csp" in e.scores else None,
-                           percentile=e.neg_percentile, ratio=e.neg_ratio)
-    return evaluate.TextSide.from_dict(cache.get_or_build(path, lambda: build().as_dict()))
-
-
-def validate(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
-             cache: embed_cache.EmbeddingCache | None = None) -> dict[str, float]:
-    """The selection objective: ID-val accuracy and OoD-val detection; never a test OoD set.
-    ``cache``: the final weights' embedding cache (None during training: the weights change)."""
-    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
-    id_emb = _encode(cfg, paths, bundle, model, cfg.data.id_val, device, cache)
-    ood_emb = _encode(cfg, paths, bundle, model, cfg.data.ood_val, device, cache)
-    score = cfg.eval.selection_score
-    ood_cfg = cfg.eval.model_copy(update={"scores": (score,)})
-    metrics = evaluate.ood_table(evaluate.compute_scores(id_emb.features, text, ood_cfg, cfg.seed),
-                                 {"ood_val": evaluate.compute_scores(ood_emb.features, text, ood_cfg, cfg.seed)})[0]
-    acc = evaluate.id_accuracy(id_emb, text)
-    return {"val_id_accuracy": acc, "val_auroc": metrics["auroc"], "val_fpr95": metrics["fpr95"],
-            "val_objective": 0.5 * (acc + metrics["auroc"]),
-            "val_bad_samples": _missing(paths, cfg.data.id_val, id_emb) + _missing(paths, cfg.data.ood_val, ood_emb)}
-
-
-def test(cfg: Config, paths: RunPaths, bundle, model, classnames, device,
-         embeddings: dict[str, evaluate.Embeddings] | None = None,
-         cache: embed_cache.EmbeddingCache | None = None) -> dict:
-    """Encode ID test and every OoD test set once (shared cache), then compute every score from the cache.
-    ``embeddings``: the sets already encoded (e.g. across ranks by :func:`encode_test_sets`).
-
-    Writes ``scores.pt`` ({"keys": {dataset: [key, ...]}, "scores": {dataset: {score: (N,) tensor}}},
-    in eval read order), with stream scores ``paired_scores.pt`` ({OoD dataset: {score: {"id": (N_id,),
-    "ood": (N_ood,)}}}, the ID scores of that pair)
-    and ``embeddings/text.pt`` (the TextSide), and measures the modality gap on the ID test set
-    (harness.gap). ``test_bad_samples``: per set, the samples skipped as bad (eval.allow_bad_samples).
-    ``skipped_scores``: selected scores this run's model cannot provide inputs for, with the reason.
-    """
-    cache = cache or model_cache(cfg, bundle, model)
-    text = text_side(cfg, paths, bundle, model, classnames, device, cache)
-    if embeddings is None:
-        embeddings = {name: _encode(cfg, paths, bundle, model, name, device, cache)
-                      for name in dict.fromkeys((cfg.data.id_test, *cfg.data.ood_test))}
-    train_dir = paths.dataset(cfg.data.train)
-    kept, skipped = score_inputs.plan(cfg.eval.scores, score_inputs.available_inputs(
-        model, cfg.eval, (train_dir / "manifest.json").is_file()))
-    ecfg = cfg.eval.model_copy(update={"scores": kept})
-    scores = {name: evaluate.compute_scores(emb.features, text, ecfg, cfg.seed, score_inputs.provide(
-        kept, cache, model, bundle, paths.dataset(name), text, ecfg, device, train_dir, cfg.seed))
-        for name, emb in embeddings.items()}
-    id_emb, id_scores = embeddings[cfg.data.id_test], scores[cfg.data.id_test]
-    paired = {name: evaluate.stream_scores(id_emb.features, embeddings[name].features, text, ecfg, cfg.seed)
-              for name in cfg.data.ood_test}
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"keys": {name: emb.keys for name, emb in embeddings.items()}, "scores": scores},
-               paths.run_dir / "scores.pt")
-    if any(paired.values()):
-        torch.save({d: {s: {"id": i, "ood": o} for s, (i, o) in by.items()} for d, by in paired.items()},
-                   paths.run_dir / "paired_scores.pt")
-    text.save(paths.run_dir / "embeddings" / "text.pt")
-    link_into_run(_cache_path(cfg, paths, cache, cfg.data.id_test),
-                  paths.run_dir / "embeddings" / f"{cfg.data.id_test}.pt")
-    ood_scores = {name: scores[name] for name in cfg.data.ood_test}
-    return {"id_accuracy": evaluate.id_accuracy(id_emb, text), "ood": evaluate.ood_table(id_scores, ood_scores, paired),
-            "num_negatives": len(text.negative_labels), "negatives_sample": text.negative_labels[:20],
-            "test_bad_samples": {name: _missing(paths, name, emb) for name, emb in embeddings.items()},
-            "skipped_scores": skipped,
-            "gap": gap.measures(id_emb.features, id_emb.labels, text.class_features, seed=cfg.seed)}
