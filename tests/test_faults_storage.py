@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from harness import config, results
-from harness.results import tracking
+from harness.results import deferred, tracking
 
 SUMMARY = {"id_accuracy": 0.5, "val_objective": 0.5, "val_id_accuracy": 0.5, "val_auroc": 0.6, "val_fpr95": 0.5,
            "train_s": 1.0, "eval_s": 1.0, "wall_s": 2.0, "world_size": 1, "global_batch": 8,
@@ -145,16 +145,16 @@ def test_an_unusable_store_defers_logging_and_sync_replays_it_once(tmp_path):
         records.append(tracking.Record(rid, trial, SUMMARY, "finished"))
     warnings = []
     started = time.perf_counter()
-    uri, synced = tracking.log_or_defer(cfg, out, "defer-sweep", records, warn=warnings.append)
+    uri, synced = deferred.log_or_defer(cfg, out, "defer-sweep", records, warn=warnings.append)
     assert not synced and len(warnings) == 1 and time.perf_counter() - started < 30
     assert "harness sync-mlflow --out" in warnings[0]
-    [entry] = tracking.pending(out).values()
+    [entry] = deferred.pending(out).values()
     assert entry["name"] == "defer-sweep" and entry["run_ids"] == ["defer-0.0", "defer-0.1"]
 
     good = f"sqlite:///{tmp_path / 'good.db'}"
-    saved = tracking.pending_path(out).read_text()
-    assert driver.sync_mlflow(out, good) == 0 and not tracking.pending(out)
-    tracking.pending_path(out).write_text(saved)  # as if a sync died after logging, before clearing
+    saved = deferred.pending_path(out).read_text()
+    assert driver.sync_mlflow(out, good) == 0 and not deferred.pending(out)
+    deferred.pending_path(out).write_text(saved)  # as if a sync died after logging, before clearing
     assert driver.sync_mlflow(out, good) == 0
     assert driver.sync_mlflow(out, good) == 0  # nothing left: a no-op
     logged = _logged(good, "defer")
@@ -179,7 +179,7 @@ def _deferred_run(out: Path, method: str, uri: str, sweep: str) -> tuple[str, bo
     (out / "runs" / rid).mkdir(parents=True, exist_ok=True)
     (out / "runs" / rid / "result.json").write_text(json.dumps(SUMMARY))
     results.record_run(out / "results", rid, sweep, cfg, SUMMARY)
-    _, synced = tracking.log_or_defer(cfg, out, sweep, [tracking.Record(rid, cfg, SUMMARY, "finished")],
+    _, synced = deferred.log_or_defer(cfg, out, sweep, [tracking.Record(rid, cfg, SUMMARY, "finished")],
                                       warn=lambda message: None)
     return rid, synced
 
@@ -194,15 +194,15 @@ def test_deferred_records_of_one_out_never_replace_each_other(tmp_path):
     good = f"sqlite:///{tmp_path / 'good.db'}"
     flyp, _ = _deferred_run(out, "flyp", down, "keyed-train")
     cma, _ = _deferred_run(out, "cma", down, "keyed-train")
-    assert sorted(rid for e in tracking.pending(out).values() for rid in e["run_ids"]) == sorted([flyp, cma])
+    assert sorted(rid for e in deferred.pending(out).values() for rid in e["run_ids"]) == sorted([flyp, cma])
 
     with mp.get_context("spawn").Pool(2) as pool:  # at once: one defers, one logs and clears its own entry
         done = pool.starmap(_deferred_run, [(out, "lp", down, "keyed-evaluate"), (out, "fft", good, "keyed-evaluate")])
     assert [synced for _, synced in done] == [False, True]
-    waiting = sorted(rid for e in tracking.pending(out).values() for rid in e["run_ids"])
+    waiting = sorted(rid for e in deferred.pending(out).values() for rid in e["run_ids"])
     assert waiting == sorted([flyp, cma, done[0][0]])
 
-    assert driver.sync_mlflow(out, good) == 0 and not tracking.pending(out)
+    assert driver.sync_mlflow(out, good) == 0 and not deferred.pending(out)
     assert driver.sync_mlflow(out, good) == 0  # nothing left: a no-op
     logged = _logged(good, "keyed")
     children = logged[logged["tags.harness.kind"] == "run"]
@@ -259,7 +259,7 @@ def test_a_sweep_with_mlflow_down_completes_warns_once_and_syncs_later(world, tm
 
     runs = results.read(out / "results", results.RUNS)
     assert sorted(runs["method"]) == ["cma", "zero-shot"] and (runs["status"] == "finished").all()
-    [entry] = tracking.pending(out).values()
+    [entry] = deferred.pending(out).values()
     assert entry["name"] == "down-sweep"
     assert sorted(entry["run_ids"]) == sorted(runs["run_id"]) and entry["tracking_uri"] == f"http://127.0.0.1:{port}"
     _assert_no_secret(out, done.stdout + done.stderr)

@@ -34,7 +34,7 @@ def test_forty_trials_give_one_row_and_one_mlflow_child_each(world, tmp_path):
     import mlflow
 
     from harness import results
-    from harness.results import tracking
+    from harness.results import deferred, tracking
 
     path = tmp_path / "load.yaml"
     path.write_text(yaml.safe_dump(LOAD))
@@ -66,5 +66,5 @@ def test_forty_trials_give_one_row_and_one_mlflow_child_each(world, tmp_path):
     assert sorted(children[f"tags.{tracking.RUN_ID_TAG}"]) == sorted(runs["run_id"])
     assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     assert children["metrics.id_accuracy"].notna().all()
-    assert not tracking.pending(out)
-    assert not Path(out / "results" / tracking.PENDING_FILE).exists()
+    assert not deferred.pending(out)
+    assert not Path(out / "results" / deferred.PENDING_FILE).exists()

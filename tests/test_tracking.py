@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import config
-from harness.results import tracking
+from harness.results import deferred, tracking
 
 
 def _summary(objective: float, epochs: int = 2) -> dict:
@@ -82,8 +82,8 @@ def test_logging_again_deletes_nothing_and_a_completed_entry_is_not_logged_twice
     out = tmp_path / "out"
     records = _live_sweep(sweep_cfg, out, pause=0)
     uri = tracking.tracking_uri(sweep_cfg, out)
-    tracking.log_sweep(sweep_cfg, out, "live-sweep", records, uri=uri, entry_id="e1")  # after the fact
-    tracking.log_sweep(sweep_cfg, out, "live-sweep", records, uri=uri, entry_id="e1")  # a replay: skipped
+    deferred.log_sweep(sweep_cfg, out, "live-sweep", records, uri=uri, entry_id="e1")  # after the fact
+    deferred.log_sweep(sweep_cfg, out, "live-sweep", records, uri=uri, entry_id="e1")  # a replay: skipped
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("live").experiment_id
     every = client.search_runs([experiment], run_view_type=3)  # ViewType.ALL: deleted runs too

@@ -20,7 +20,7 @@ from harness.orchestration import demo as demo_plan
 from harness import report, results
 from harness.train import prepare
 from harness.train import runner
-from harness.results import tracking
+from harness.results import deferred, tracking
 from harness.results.outdir import run_id
 from harness.config import Config
 from harness.train.engine import RunContext
@@ -189,15 +189,15 @@ def finish(cfg: Config, out: Path, name: str, records: list[tracking.Record], ti
     with timer.stage("log to MLflow"):
         artifacts = [md] + sorted(md.parent.glob(f"{md.stem}-*.png"))
         sections = {r.run_id: [out / "runs" / r.run_id / "report.md"] for r in records}
-        uri, synced = tracking.log_or_defer(cfg, out, name, records, artifacts, run_artifacts=sections, live=live)
+        uri, synced = deferred.log_or_defer(cfg, out, name, records, artifacts, run_artifacts=sections, live=live)
     return md, uri, synced
 
 
 def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
-    """Log the sweeps that MLflow missed (tracking.pending) from the Parquet tables and run
+    """Log the sweeps that MLflow missed (deferred.pending) from the Parquet tables and run
     directories, to ``uri`` or each sweep's own store; returns how many are still pending.
     A synced sweep leaves the list; each sync logs a new parent run (nothing is deleted)."""
-    entries = tracking.pending(out)
+    entries = deferred.pending(out)
     if not entries:
         log(f"nothing to sync: no sweep of {out} waits for MLflow")
         return 0
@@ -205,7 +205,7 @@ def sync_mlflow(out: Path, uri: str | None = None, log=print) -> int:
     for done, entry in enumerate(entries.values()):
         name = entry["name"]
         records = [_stored_record(out, runs, rid) for rid in entry["run_ids"]]
-        target, synced = tracking.log_or_defer(
+        target, synced = deferred.log_or_defer(
             Config.model_validate(entry["config"]), out, name, records, [Path(p) for p in entry["artifacts"]],
             {rid: [Path(p) for p in paths] for rid, paths in entry["run_artifacts"].items()},
             uri=uri or entry["tracking_uri"], entry_id=entry["entry_id"])
