@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from harness.data import synthetic
+from harness.data import drawing, synthetic
 from harness.data.shards import read_manifest, sha256
 
 TINY = synthetic.WorldSpec(pretrain=120, id_train_per_class=3, id_val_per_class=1, id_test_per_class=2,
@@ -95,7 +95,7 @@ def test_metadata_matches_the_concept(tiny_world):
             assert info["texture"] == first and info["shape"] is None and info["colour"] != info["second_colour"]
         else:
             assert (info["colour"], info["shape"]) == (first, second)
-            assert info["pattern"] in synthetic.PATTERNS and info["background"] in synthetic.BACKGROUNDS
+            assert info["pattern"] in drawing.PATTERNS and info["background"] in drawing.BACKGROUNDS
 
 
 def test_id_images_have_their_class_fill_and_captions_rarely_name_fills(tiny_world):
@@ -105,9 +105,9 @@ def test_id_images_have_their_class_fill_and_captions_rarely_name_fills(tiny_wor
             assert (row["json"]["colour"], row["json"]["shape"]) == (colour, shape)
             assert row["json"]["pattern"] == (synthetic.ID_FILLS[fill] if fill else row["json"]["pattern"])
             assert row["json"]["pattern"] in synthetic.ID_FILLS.values()  # OoD objects share the ID fills
-    fill_words = {"plain", *synthetic.PATTERNS}
+    fill_words = {"plain", *drawing.PATTERNS}
     rng = np.random.default_rng(0)
-    attrs = synthetic.render_object(rng, "star", "red", 32, "striped")[1]
+    attrs = drawing.render_object(rng, "star", "red", 32, "striped")[1]
     named = [bool(fill_words & set(synthetic.caption(rng, attrs, 0.05).split())) for _ in range(4000)]
     assert 0.03 < np.mean(named) < 0.07  # the share the spec asks for, and nothing names a fill otherwise
     assert not any(fill_words & set(synthetic.caption(rng, attrs, 0.0).split()) for _ in range(200))
@@ -155,7 +155,7 @@ def test_negative_vocabulary_is_larger_than_the_id_classes_and_unique(tiny_world
 def test_colours_differ_in_mean_colour():
     """Rendered from the same seeds, images differ only in the object's colour."""
     def mean_colour(colour):
-        images = [synthetic.render_object(np.random.default_rng(i), "square", colour, 32)[0] for i in range(30)]
+        images = [drawing.render_object(np.random.default_rng(i), "square", colour, 32)[0] for i in range(30)]
         return np.mean(images, axis=(0, 1, 2))
 
     means = {c: mean_colour(c) for c in synthetic.COLOURS}
@@ -165,7 +165,7 @@ def test_colours_differ_in_mean_colour():
 
 
 def test_shapes_differ_in_outline():
-    masks = {s: synthetic.shape_mask(s, 16, 16, 12, math.pi / 7, 32) for s in synthetic.SHAPES}
+    masks = {s: drawing.shape_mask(s, 16, 16, 12, math.pi / 7, 32) for s in synthetic.SHAPES}
     assert all(0.1 < m.mean() < 0.8 for m in masks.values())
     for a, b in itertools.combinations(masks, 2):
         assert np.abs(masks[a] - masks[b]).mean() > 0.03, (a, b)
