@@ -179,5 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path[:] = unshadowed(sys.path, os.path.dirname(os.path.abspath(__file__)))
-    record_faults()
+    try:
+        record_faults()
+    except OSError as err:  # an unwritable cache costs the record, never the command
+        print(f"harness.entry: no fault log ({err})", file=sys.stderr)
     sys.exit(main())
